@@ -1,0 +1,56 @@
+# mstack — quick start on a fresh Debian 12 host, as root:
+#   make demo    install everything, make a throwaway stack, run the manual's examples
+#   make test    install everything the tests need and run the whole suite
+PREFIX   ?= /opt/mstack
+PY       := $(PREFIX)/bin/python
+BINDIR   ?= /usr/local/bin
+MANDIR   ?= /usr/local/share/man/man1
+INCDIR   ?= /usr/local/include
+APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
+            iproute2 iputils-ping iperf3 curl passt slirp4netns procps psmisc util-linux
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv build install demo test lint unit bench clean
+
+all: install
+
+deps:
+	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
+	  echo "installing system packages: $(APT_PKGS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; }
+
+venv: deps
+	@test -x $(PY) || /usr/bin/python3 -m venv $(PREFIX)
+
+build: deps
+	@if [ -f bpf/Makefile ]; then $(MAKE) -s -C bpf; fi
+
+install: venv build
+	@$(PREFIX)/bin/pip install -q --disable-pip-version-check '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import mstack_bpf' || { echo "install failed" >&2; exit 1; }
+	@for cmd in mstack mstack-trace mstack-stack; do \
+	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
+	@mkdir -p $(MANDIR) $(INCDIR)
+	@for page in man/*.1; do install -m 644 $$page $(MANDIR)/; done
+	@if [ -f include/msocket.h ]; then install -m 644 include/msocket.h $(INCDIR)/; fi
+	@echo "mstack installed: $$($(BINDIR)/mstack --version)"
+
+lint: install
+	$(PY) -m ruff check mstack_bpf tests tools
+	$(PY) -m mypy
+
+unit: install
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test: install lint
+	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+demo: install
+	bash tools/demo.sh
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build *.egg-info tests/bin
+	@if [ -f bpf/Makefile ]; then $(MAKE) -s -C bpf clean; fi

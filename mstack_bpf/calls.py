@@ -1,0 +1,109 @@
+"""Decode a seccomp notification into the socket call it stands for (pure)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from mstack_bpf.filter import I386, MSOCKET_NR, SYS_SOCKET, SYS_SOCKETPAIR, X86_64
+
+SOCK_TYPE_MASK = 0xF
+SOCK_NONBLOCK = 0o4000
+SOCK_CLOEXEC = 0o2000000
+SOCK_DEFAULT = 0  # msocket(2): set the default stack instead of creating a socket
+
+
+def _s32(value: int) -> int:
+    """The low 32 bits of a register as the kernel's ``int`` sees them."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+@dataclass(frozen=True)
+class SocketCall:
+    """socket(2), from registers (``from_memory`` False) or from i386 socketcall's block."""
+
+    family: int
+    type: int
+    protocol: int
+    from_memory: bool = False
+
+    @property
+    def cloexec(self) -> bool:
+        return bool(self.type & SOCK_CLOEXEC)
+
+
+@dataclass(frozen=True)
+class SocketPairCall:
+    family: int
+
+
+@dataclass(frozen=True)
+class SocketcallCall:
+    """i386 ``socketcall(call, args)``: the arguments are 32-bit words at ``argp``."""
+
+    call: int
+    argp: int
+
+
+@dataclass(frozen=True)
+class MsocketCall:
+    """The virtual ``msocket(path, domain, type, protocol)`` call, number -5 (as in VUOS)."""
+
+    path_ptr: int
+    family: int
+    type: int
+    protocol: int
+
+
+@dataclass(frozen=True)
+class OtherCall:
+    arch: int
+    nr: int
+
+
+Call = SocketCall | SocketPairCall | SocketcallCall | MsocketCall | OtherCall
+
+
+def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
+    nr &= 0xFFFFFFFF
+    if arch == X86_64.arch:
+        if nr == MSOCKET_NR:
+            return MsocketCall(args[0], _s32(args[1]), _s32(args[2]), _s32(args[3]))
+        abi = X86_64
+    elif arch == I386.arch:
+        abi = I386
+        if nr == I386.socketcall:
+            return SocketcallCall(_s32(args[0]), args[1] & 0xFFFFFFFF)
+    else:
+        return OtherCall(arch, nr)
+    if nr == abi.socket:
+        return SocketCall(_s32(args[0]), _s32(args[1]), _s32(args[2]))
+    if nr == abi.socketpair:
+        return SocketPairCall(_s32(args[0]))
+    return OtherCall(arch, nr)
+
+
+def decode_socketcall(call: int, words: tuple[int, ...]) -> Call:
+    """The call inside i386 socketcall, given the 32-bit words read at its ``argp``."""
+    if call == SYS_SOCKET:
+        return SocketCall(_s32(words[0]), _s32(words[1]), _s32(words[2]), from_memory=True)
+    if call == SYS_SOCKETPAIR:
+        return SocketPairCall(_s32(words[0]))
+    return OtherCall(I386.arch, I386.socketcall)
+
+
+def needs_full_credentials(family: int, sock_type: int, protocol: int) -> bool:
+    """Whether creating this socket checks more than the owner (capabilities, groups).
+
+    TCP, UDP, UNIX and netlink sockets only record their owner at creation; raw, packet,
+    ICMP ("ping") and every other family may check capabilities or groups.
+    """
+    if family in (socket.AF_UNIX, socket.AF_NETLINK):
+        return False
+    if family in (socket.AF_INET, socket.AF_INET6):
+        base = sock_type & SOCK_TYPE_MASK
+        if base == socket.SOCK_RAW:
+            return True
+        return protocol in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
+    return True

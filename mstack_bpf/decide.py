@@ -1,0 +1,88 @@
+"""Which answer a socket call gets, given the caller's family → stack table (pure).
+
+Handlers return a decision value and do no I/O; the supervisor carries it out. A decision
+taken from registers may be answered with CONTINUE (the kernel then makes exactly the socket
+that was decided on, with the caller's own credentials); a decision taken from the target's
+memory never is (the memory may change after we read it): the supervisor makes that socket.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from mstack_bpf.calls import (
+    Call,
+    MsocketCall,
+    OtherCall,
+    SocketCall,
+    SocketcallCall,
+    SocketPairCall,
+)
+from mstack_bpf.families import AF_MAX
+from mstack_bpf.model import NATIVE, Mapping, Stack, StackKind
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Let the kernel run the call as the caller made it."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    errno: int
+
+
+@dataclass(frozen=True)
+class Create:
+    """Make the socket in ``stack`` (native: the caller's own namespace) and inject it."""
+
+    stack: Stack
+    family: int
+    type: int
+    protocol: int
+
+
+@dataclass(frozen=True)
+class ReadSocketcall:
+    """Read i386 socketcall's argument block at ``argp``, then decide again."""
+
+    call: int
+    argp: int
+
+
+@dataclass(frozen=True)
+class Msocket:
+    """A msocket call: read the path (if any) once, then :func:`decide_msocket`."""
+
+    call: MsocketCall
+
+
+Decision = Continue | Fail | Create | ReadSocketcall | Msocket
+
+
+def stack_for(table: Mapping, family: int) -> Stack:
+    return table.stack_of(family) if 1 <= family < AF_MAX else NATIVE
+
+
+def decide(call: Call, table: Mapping) -> Decision:
+    match call:
+        case SocketCall(family=family):
+            stack = stack_for(table, family)
+            if stack.kind is StackKind.NULL:
+                return Fail(errno.EAFNOSUPPORT)
+            if stack.kind is StackKind.NATIVE and not call.from_memory:
+                return Continue()
+            return Create(stack, call.family, call.type, call.protocol)
+        case SocketPairCall(family=family):
+            if stack_for(table, family).kind is StackKind.NULL:
+                return Fail(errno.EAFNOSUPPORT)
+            # A pair reaches no network: the kernel makes it in the caller's namespace.
+            return Continue()
+        case SocketcallCall(call=sub, argp=argp):
+            return ReadSocketcall(sub, argp)
+        case MsocketCall():
+            return Msocket(call)
+        case OtherCall():
+            return Fail(errno.ENOSYS)
+    raise AssertionError(call)

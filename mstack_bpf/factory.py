@@ -1,0 +1,104 @@
+"""Make a socket inside a stack's network namespace, with the target's credentials.
+
+setns(CLONE_NEWNET) moves only the calling thread. The supervisor is single-threaded and
+simply stays in the namespace it used last, so with one redirect stack (the common case)
+it never switches at all. A namespace owned by a user namespace the supervisor has no
+privilege over (a rootless stack) is served by a helper process that entered it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
+
+from mstack_bpf.calls import SOCK_CLOEXEC, needs_full_credentials
+from mstack_bpf.linux import creds as creds_mod
+from mstack_bpf.linux import netns
+from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.creds import Creds
+
+log = logging.getLogger("mstack.supervisor")
+
+_socket = libc.socket
+_socket.restype = ctypes.c_int
+_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+
+CAP_SETUID = 7
+
+
+class SocketMaker(Protocol):
+    def make_socket(self, family: int, sock_type: int, protocol: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def raw_socket(family: int, sock_type: int, protocol: int) -> int:
+    fd: int = _socket(family, sock_type | SOCK_CLOEXEC, protocol)
+    if fd < 0:
+        raise SyscallError(ctypes.get_errno(), "socket")
+    return fd
+
+
+class StackSockets:
+    """Creates sockets in namespaces given by fd; the caller owns those fds."""
+
+    def __init__(self, helper_factory: Callable[[int], SocketMaker] | None = None) -> None:
+        self.own = creds_mod.own_creds()
+        #: only a supervisor that could grant more than the target has must switch
+        self.privileged = bool(self.own.cap_eff & (1 << CAP_SETUID))
+        self._current: int | None = None  # inode of the namespace this thread is in
+        self._helpers: dict[int, SocketMaker] = {}
+        self._helper_factory = helper_factory
+
+    def target_creds(self, tid: int) -> Creds | None:
+        """The target's credentials if they must be applied (read now: never cached)."""
+        return creds_mod.read_creds(tid) if self.privileged else None
+
+    def make(self, ns_fd: int, ns_ino: int, family: int, sock_type: int, protocol: int,
+             target: Creds | None) -> int:
+        """A new socket (close-on-exec in the supervisor) in namespace ``ns_fd``."""
+        helper = self._helpers.get(ns_ino)
+        if helper is None and self._current != ns_ino:
+            try:
+                netns.setns(ns_fd)
+                self._current = ns_ino
+            except SyscallError as e:
+                if e.errno != errno.EPERM or self._helper_factory is None:
+                    raise
+                helper = self._helpers[ns_ino] = self._helper_factory(ns_fd)
+        if helper is not None:
+            # The helper runs with the namespace owner's credentials: no more than ours.
+            return helper.make_socket(family, sock_type | SOCK_CLOEXEC, protocol)
+        with self._credentials(target, family, sock_type, protocol):
+            return raw_socket(family, sock_type, protocol)
+
+    def _credentials(self, target: Creds | None, family: int, sock_type: int,
+                     protocol: int) -> AbstractContextManager[None]:
+        if target is None or _same(target, self.own):
+            return nullcontext()
+        if needs_full_credentials(family, sock_type, protocol):
+            return creds_mod.as_target(target, self.own)
+        if target.uids[3] == self.own.uids[3] and target.gids[3] == self.own.gids[3]:
+            return nullcontext()
+        return creds_mod.as_filesystem_user(target)
+
+    def close(self) -> None:
+        for helper in self._helpers.values():
+            helper.close()
+        self._helpers.clear()
+
+
+def _same(a: Creds, b: Creds) -> bool:
+    return (a.uids, a.gids, a.groups, a.cap_eff, a.userns) == (
+        b.uids, b.gids, b.groups, b.cap_eff, b.userns)
+
+
+def open_task_netns(tid: int) -> tuple[int, int]:
+    """fd and inode of thread ``tid``'s current network namespace (for native sockets)."""
+    fd = os.open(f"/proc/{tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return fd, os.fstat(fd).st_ino

@@ -1,0 +1,121 @@
+"""Address families and the ``-o`` list grammar of mstack(1).
+
+Pure logic: no I/O. The grammar is View-OS's, without its bugs: every item carries its own
+sign, ``all`` means every family, and an unknown item is an error that names the item.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+#: AF_MAX of the running kernel's generation (include/linux/socket.h, Linux 6.x).
+AF_MAX = 46
+
+AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+AF_PACKET = 17
+AF_IRDA = 23
+AF_BLUETOOTH = 31
+
+ALL_FAMILIES: frozenset[int] = frozenset(range(1, AF_MAX))
+
+_GROUPS: dict[str, frozenset[int]] = {
+    "all": ALL_FAMILIES,
+    "unix": frozenset({AF_UNIX}),
+    "u": frozenset({AF_UNIX}),
+    "ipv4": frozenset({AF_INET}),
+    "4": frozenset({AF_INET}),
+    "ipv6": frozenset({AF_INET6}),
+    "6": frozenset({AF_INET6}),
+    "netlink": frozenset({AF_NETLINK}),
+    "n": frozenset({AF_NETLINK}),
+    "packet": frozenset({AF_PACKET}),
+    "p": frozenset({AF_PACKET}),
+    "irda": frozenset({AF_IRDA}),
+    "i": frozenset({AF_IRDA}),
+    "bluetooth": frozenset({AF_BLUETOOTH}),
+    "b": frozenset({AF_BLUETOOTH}),
+    "ip": frozenset({AF_INET, AF_INET6, AF_NETLINK, AF_PACKET}),
+}
+
+_SHORT_NAMES = {
+    AF_UNIX: "unix",
+    AF_INET: "ipv4",
+    AF_INET6: "ipv6",
+    AF_NETLINK: "netlink",
+    AF_PACKET: "packet",
+    AF_IRDA: "irda",
+    AF_BLUETOOTH: "bluetooth",
+}
+
+
+class FamilyListError(ValueError):
+    """An item of a family list that is not a family; ``item`` is the offending text."""
+
+    def __init__(self, item: str, reason: str) -> None:
+        super().__init__(f"{reason}: {item!r}")
+        self.item = item
+        self.reason = reason
+
+
+def family_name(family: int) -> str:
+    """A short, stable name for ``family``: ``ipv4``, ``netlink``, or ``#N``."""
+    if family in _SHORT_NAMES:
+        return _SHORT_NAMES[family]
+    try:
+        return socket.AddressFamily(family).name.removeprefix("AF_").lower()
+    except ValueError:
+        return f"#{family}"
+
+
+def parse_item(item: str) -> frozenset[int]:
+    """The families named by one unsigned item: a name, an abbreviation or ``#N``."""
+    text = item.strip().lower()
+    if not text:
+        raise FamilyListError(item, "empty family item")
+    if text in _GROUPS:
+        return _GROUPS[text]
+    if text.startswith("#"):
+        digits = text[1:]
+        if not digits.isdecimal():
+            raise FamilyListError(item, "not a family number")
+        number = int(digits)
+        if not 1 <= number < AF_MAX:
+            raise FamilyListError(item, f"family number out of range 1..{AF_MAX - 1}")
+        return frozenset({number})
+    raise FamilyListError(item, "unknown family")
+
+
+def apply_list(current: frozenset[int] | None, spec: str) -> frozenset[int]:
+    """Apply one ``-o`` list to ``current`` (None: no ``-o`` seen yet) and return the set.
+
+    A first list whose first item starts with ``-`` starts from all families; a first list
+    that starts otherwise starts from none. Later lists continue from ``current``.
+    """
+    items = spec.split(",")
+    if current is None:
+        current = ALL_FAMILIES if items[0].strip().startswith("-") else frozenset()
+    result = set(current)
+    for raw in items:
+        item = raw.strip()
+        sign = item[:1]
+        if sign in ("+", "-"):
+            families = parse_item(item[1:])
+        else:
+            families = parse_item(item)
+        if sign == "-":
+            result -= families
+        else:
+            result |= families
+    return frozenset(result)
+
+
+def parse_lists(specs: Iterable[str]) -> frozenset[int]:
+    """The family set selected by every ``-o`` option in order; all families without any."""
+    current: frozenset[int] | None = None
+    for spec in specs:
+        current = apply_list(current, spec)
+    return ALL_FAMILIES if current is None else current

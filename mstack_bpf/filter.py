@@ -1,0 +1,226 @@
+"""Compile a family → stack mapping into the seccomp filter (pure: no I/O).
+
+Verdicts are taken in the kernel where they can be: a locked native family is ALLOWed, a
+locked null family gets ERRNO(EAFNOSUPPORT); everything the supervisor must decide (a
+redirected family, or any family a nested mstack may still change) is USER_NOTIF.
+Non-socket system calls are decided on the syscall number and arch alone, so the kernel's
+seccomp action cache skips the filter for them; the argument checks are on socket calls,
+and under a lock on the few calls that could escape it (DESIGN.md §5 "Locks").
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from mstack_bpf.bpfasm import OFF_ARCH, OFF_NR, Asm, off_arg_low
+from mstack_bpf.families import AF_MAX, ALL_FAMILIES
+from mstack_bpf.linux.seccomp import (
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_ERRNO,
+    SECCOMP_RET_KILL_PROCESS,
+    SECCOMP_RET_USER_NOTIF,
+    Instruction,
+)
+from mstack_bpf.model import Mapping, StackKind
+
+MSOCKET_NR = -5 & 0xFFFFFFFF
+X32_SYSCALL_BIT = 0x40000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+SYS_SOCKET = 1  # socketcall(2) call numbers, linux/net.h
+SYS_SOCKETPAIR = 8
+
+
+@dataclass(frozen=True)
+class Abi:
+    """Syscall numbers of one ABI for the calls the filter looks at."""
+
+    arch: int
+    socket: int
+    socketpair: int
+    socketcall: int | None
+    io_uring_setup: int
+    seccomp: int
+    unshare: int
+    clone: int
+    clone3: int
+    setns: int
+    ptrace: int
+    pidfd_getfd: int
+    process_vm_writev: int
+
+
+X86_64 = Abi(AUDIT_ARCH_X86_64, 41, 53, None, 425, 317, 272, 56, 435, 308, 101, 438, 311)
+I386 = Abi(AUDIT_ARCH_I386, 359, 360, 102, 425, 354, 310, 120, 435, 346, 26, 438, 348)
+
+ALLOW = SECCOMP_RET_ALLOW
+NOTIFY = SECCOMP_RET_USER_NOTIF
+KILL = SECCOMP_RET_KILL_PROCESS
+
+
+def errno_ret(code: int) -> int:
+    return SECCOMP_RET_ERRNO | code
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """What the filter decides, derived from a :class:`Mapping`."""
+
+    socket: dict[int, int]        # family → seccomp return for socket()
+    socketpair: dict[int, int]    # family → seccomp return for socketpair()
+    msocket: int                  # return for the virtual msocket call (-5)
+    io_uring: int                 # return for io_uring_setup
+    supervised: bool              # a listener exists
+    lock_any: bool                # some family is locked: refuse the escapes
+    lock_native: bool             # some locked family is native: refuse new netns
+
+    @staticmethod
+    def from_mapping(mapping: Mapping) -> FilterSpec:
+        supervised = mapping.needs_supervisor()
+        sock: dict[int, int] = {}
+        pair: dict[int, int] = {}
+        for family in ALL_FAMILIES:
+            kind = mapping.stack_of(family).kind
+            locked = family in mapping.locked
+            if locked and kind is StackKind.NATIVE:
+                sock[family] = pair[family] = ALLOW
+            elif locked and kind is StackKind.NULL:
+                sock[family] = pair[family] = errno_ret(errno.EAFNOSUPPORT)
+            elif locked:  # redirected and final: a socketpair reaches no network
+                sock[family], pair[family] = NOTIFY, ALLOW
+            else:
+                sock[family] = pair[family] = NOTIFY
+        all_native_locked = all(v == ALLOW for v in sock.values())
+        return FilterSpec(
+            socket=sock,
+            socketpair=pair,
+            msocket=NOTIFY if supervised else errno_ret(errno.EPERM),
+            io_uring=ALLOW if all_native_locked else errno_ret(errno.ENOSYS),
+            supervised=supervised,
+            lock_any=bool(mapping.locked),
+            lock_native=any(
+                mapping.stack_of(f).kind is StackKind.NATIVE for f in mapping.locked
+            ),
+        )
+
+
+def compile_filter(spec: FilterSpec) -> list[Instruction]:
+    """The classic BPF program for ``spec``, for x86_64 and i386 (``int 0x80``) callers."""
+    asm = Asm()
+    asm.load(OFF_ARCH)
+    asm.jump_far(AUDIT_ARCH_X86_64, "x86_64")
+    asm.jump_far(AUDIT_ARCH_I386, "i386")
+    asm.ret(KILL)  # an arch we do not filter: deny everything
+    for abi, name in ((X86_64, "x86_64"), (I386, "i386")):
+        asm.label(name)
+        _abi_section(asm, abi, name, spec)
+    return asm.assemble()
+
+
+def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
+    asm.load(OFF_NR)
+    if abi is X86_64:
+        # -5 carries the x32 bit, so it is tested before the x32 range.
+        asm.jeq(MSOCKET_NR, f"{p}.msocket")
+        asm.jset(X32_SYSCALL_BIT, f"{p}.enosys")  # no x32 ABI on this kernel: never a socket
+    asm.jump_far(abi.socket, f"{p}.socket")
+    asm.jump_far(abi.socketpair, f"{p}.socketpair")
+    if abi.socketcall is not None:
+        asm.jump_far(abi.socketcall, f"{p}.socketcall")
+    asm.jeq(abi.io_uring_setup, f"{p}.io_uring")
+    if spec.lock_any:
+        asm.jump_far(abi.seccomp, f"{p}.seccomp")
+        asm.jump_far(abi.ptrace, f"{p}.ptrace")
+        asm.jeq(abi.pidfd_getfd, f"{p}.eperm")
+        asm.jeq(abi.process_vm_writev, f"{p}.eperm")
+    if spec.lock_native:
+        asm.jump_far(abi.unshare, f"{p}.nsflags0")
+        asm.jump_far(abi.clone, f"{p}.nsflags0")
+        asm.jump_far(abi.setns, f"{p}.setns")
+        asm.jeq(abi.clone3, f"{p}.enosys")
+    asm.ret(ALLOW)
+    asm.label(f"{p}.msocket")
+    asm.ret(spec.msocket if abi is X86_64 else errno_ret(errno.ENOSYS))
+    asm.label(f"{p}.io_uring")
+    asm.ret(spec.io_uring)
+    _family_switch(asm, f"{p}.socket", spec.socket)
+    _family_switch(asm, f"{p}.socketpair", spec.socketpair)
+    if abi.socketcall is not None:
+        _socketcall(asm, p, spec)
+    if spec.lock_any:
+        _lock_checks(asm, p, spec)
+    asm.label(f"{p}.eperm")
+    asm.ret(errno_ret(errno.EPERM))
+    asm.label(f"{p}.enosys")
+    asm.ret(errno_ret(errno.ENOSYS))
+
+
+def _family_switch(asm: Asm, label: str, actions: dict[int, int]) -> None:
+    """Return ``actions[family]``; family 0 and families ≥ AF_MAX go to the kernel's EAFNOSUPPORT."""
+    asm.label(label)
+    values = set(actions.values())
+    if len(values) == 1 and ALLOW in values:
+        asm.ret(ALLOW)
+        return
+    # Only the low 32 bits: the kernel's socket() takes an int, so 0x100000002 is AF_INET.
+    asm.load(off_arg_low(0))
+    asm.jge(AF_MAX, f"{label}.allow")
+    asm.jeq(0, f"{label}.allow")
+    counts: dict[int, int] = {}
+    for value in actions.values():
+        counts[value] = counts.get(value, 0) + 1
+    default = max(counts, key=lambda v: (counts[v], v == ALLOW))
+    distinct = sorted(v for v in counts if v != default)
+    for family in sorted(actions):
+        if actions[family] != default:
+            asm.jeq(family, f"{label}.r{distinct.index(actions[family])}")
+    asm.ret(default)
+    for index, value in enumerate(distinct):
+        asm.label(f"{label}.r{index}")
+        asm.ret(value)
+    asm.label(f"{label}.allow")
+    asm.ret(ALLOW)
+
+
+def _socketcall(asm: Asm, p: str, spec: FilterSpec) -> None:
+    """i386 socketcall: its socket arguments sit in user memory, out of the filter's reach."""
+    asm.label(f"{p}.socketcall")
+    creating = set(spec.socket.values()) | set(spec.socketpair.values())
+    if creating == {ALLOW}:
+        asm.ret(ALLOW)
+        return
+    asm.load(off_arg_low(0))
+    asm.jeq(SYS_SOCKET, f"{p}.socketcall.decide")
+    asm.jeq(SYS_SOCKETPAIR, f"{p}.socketcall.decide")
+    asm.ret(ALLOW)
+    asm.label(f"{p}.socketcall.decide")
+    # Without a supervisor nobody can read the family: refuse the whole path.
+    asm.ret(NOTIFY if spec.supervised else errno_ret(errno.ENOSYS))
+
+
+def _lock_checks(asm: Asm, p: str, spec: FilterSpec) -> None:
+    # A NEW_LISTENER filter added below would win over our ALLOW verdicts.
+    asm.label(f"{p}.seccomp")
+    asm.load(off_arg_low(1))
+    asm.jset(SECCOMP_FILTER_FLAG_NEW_LISTENER, f"{p}.eperm")
+    asm.ret(ALLOW)
+    asm.label(f"{p}.ptrace")
+    asm.load(off_arg_low(0))
+    asm.jeq(0, f"{p}.allow")  # PTRACE_TRACEME
+    asm.ret(errno_ret(errno.EPERM))
+    if spec.lock_native:
+        asm.label(f"{p}.nsflags0")
+        asm.load(off_arg_low(0))
+        asm.jset(CLONE_NEWNET | CLONE_NEWUSER, f"{p}.eperm")
+        asm.ret(ALLOW)
+        asm.label(f"{p}.setns")
+        asm.load(off_arg_low(1))
+        asm.jeq(0, f"{p}.eperm")
+        asm.jset(CLONE_NEWNET, f"{p}.eperm")
+        asm.ret(ALLOW)
+    asm.label(f"{p}.allow")
+    asm.ret(ALLOW)

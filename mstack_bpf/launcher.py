@@ -1,0 +1,156 @@
+"""Start the supervisor, install the filter, exec the command in place.
+
+    mstack ─fork─▶ (setsid, fork) ─▶ supervisor          (not under the filter)
+      │ install filter (NEW_LISTENER) ─▶ send listener fd ─▶ close it ─▶ wait "ready"
+      └ execve(COMMAND): same PID, COMMAND's exit status is mstack's
+
+The supervisor double-forks and leaves the session, so Ctrl-C at the terminal reaches the
+command, not the supervisor, and a command that waits for its children never waits for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from mstack_bpf.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
+from mstack_bpf.filter import FilterSpec, compile_filter
+from mstack_bpf.linux import prctl, seccomp
+from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.model import Mapping
+from mstack_bpf.resolve import OpenStack, open_stack
+
+log = logging.getLogger("mstack")
+
+_SUPERVISOR_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP,
+                       signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``mstack`` run needs, validated before anything forks."""
+
+    mapping: Mapping
+    argv: tuple[str, ...]
+    verbose: int = 0
+    no_new_privs: bool = False
+    stacks: tuple[OpenStack, ...] = field(default=(), compare=False)
+
+
+def find_command(name: str) -> str:
+    """The file execve(2) will run, with env(1)'s exit codes for the failures."""
+    path = name if "/" in name else shutil.which(name, mode=os.F_OK)
+    if path is None or not os.path.exists(path):
+        raise CommandNotFound(f"{name}: command not found")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise CommandNotExecutable(f"{name}: Permission denied")
+    return path
+
+
+def open_stacks(mapping: Mapping) -> tuple[OpenStack, ...]:
+    return tuple(open_stack(stack) for stack in mapping.netns_stacks())
+
+
+def check_kernel() -> None:
+    if not seccomp.action_available(seccomp.SECCOMP_RET_USER_NOTIF):
+        raise Unsupported("kernel lacks seccomp user notification (SECCOMP_RET_USER_NOTIF)",
+                          hint="mstack needs Linux >= 5.14 with CONFIG_SECCOMP_FILTER")
+    seccomp.check_notif_sizes()
+
+
+def run(config: RunConfig) -> NoReturn:
+    """Set up and execve ``config.argv``; raises :class:`MstackError` if that cannot be done."""
+    path = find_command(config.argv[0])
+    check_kernel()
+    spec = FilterSpec.from_mapping(config.mapping)
+    program = compile_filter(spec)
+    if config.no_new_privs or os.geteuid() != 0:
+        prctl.set_no_new_privs()  # the kernel requires it without CAP_SYS_ADMIN
+    if spec.supervised:
+        channel = _start_supervisor(config)
+        _install_and_hand_over(program, channel)
+    else:
+        _install(program, 0)
+    _exec(path, config.argv)
+
+
+def _start_supervisor(config: RunConfig) -> socket.socket:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            os.setsid()
+            if os.fork() == 0:
+                _supervisor_process(theirs, config)
+        finally:
+            os._exit(0)
+    theirs.close()
+    os.waitpid(pid, 0)
+    return ours
+
+
+def _install_error(e: SyscallError) -> MstackError:
+    if e.errno == errno.EBUSY:
+        return MstackError("another seccomp listener is already installed above this process",
+                           hint="a nested mstack reaches its outer supervisor through msocket")
+    return MstackError(f"cannot install the seccomp filter: {e}")
+
+
+def _install(program: list[seccomp.Instruction], flags: int) -> int:
+    try:
+        return seccomp.install_filter(program, flags)
+    except SyscallError as e:
+        raise _install_error(e) from None
+
+
+def _install_and_hand_over(program: list[seccomp.Instruction], channel: socket.socket) -> None:
+    flags = seccomp.SECCOMP_FILTER_FLAG_NEW_LISTENER
+    try:
+        listener = seccomp.install_filter(
+            program, flags | seccomp.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
+    except SyscallError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: a kernel before 5.19, without the flag
+            raise _install_error(e) from None
+        listener = _install(program, flags)
+    try:
+        socket.send_fds(channel, [b"L"], [listener])
+    finally:
+        os.close(listener)  # the target never holds the listener
+    answer = channel.recv(4096)
+    channel.close()
+    if answer != b"R":
+        raise Unsupported(answer[1:].decode(errors="replace") or "the supervisor did not start")
+
+
+def _exec(path: str, argv: Sequence[str]) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(path, list(argv))
+    except OSError as e:
+        cls = CommandNotFound if e.errno == errno.ENOENT else CommandNotExecutable
+        raise cls(f"{argv[0]}: {e.strerror}") from None
+
+
+def _supervisor_process(channel: socket.socket, config: RunConfig) -> NoReturn:
+    """Body of the supervisor (grandchild); never returns."""
+    from mstack_bpf.supervisor_main import serve_forever
+
+    prctl.set_name("mstack-sv")
+    for sig in _SUPERVISOR_IGNORES:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        serve_forever(channel, config)
+    finally:
+        os._exit(0)

@@ -1,0 +1,1 @@
+"""Typed wrappers of the kernel interfaces mstack uses, one module per interface."""

@@ -1,0 +1,222 @@
+"""seccomp(2) and the user-notification listener, see seccomp_unotify(2).
+
+Structures mirror ``include/uapi/linux/seccomp.h``; their sizes are checked against
+``SECCOMP_GET_NOTIF_SIZES`` by :func:`check_notif_sizes`. The libseccomp bindings are not used:
+version 2.5.4 has no ADDFD, rejects a rule on syscall -5 and compares all 64 bits of an argument.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import struct
+from dataclasses import dataclass
+
+from mstack_bpf.linux._ffi import ioctl, ioctl_value, iow, iowr, syscall
+
+NR_seccomp = 317
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_GET_ACTION_AVAIL = 2
+SECCOMP_GET_NOTIF_SIZES = 3
+
+SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_TRAP = 0x00030000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_ADDFD_FLAG_SETFD = 1 << 0
+SECCOMP_ADDFD_FLAG_SEND = 1 << 1
+SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
+
+
+class SeccompData(ctypes.Structure):
+    """``struct seccomp_data``."""
+
+    _fields_ = [
+        ("nr", ctypes.c_int32),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("args", ctypes.c_uint64 * 6),
+    ]
+
+
+class SeccompNotif(ctypes.Structure):
+    """``struct seccomp_notif``."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("data", SeccompData),
+    ]
+
+
+class SeccompNotifResp(ctypes.Structure):
+    """``struct seccomp_notif_resp``."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("val", ctypes.c_int64),
+        ("error", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+class SeccompNotifAddfd(ctypes.Structure):
+    """``struct seccomp_notif_addfd``."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("srcfd", ctypes.c_uint32),
+        ("newfd", ctypes.c_uint32),
+        ("newfd_flags", ctypes.c_uint32),
+    ]
+
+
+class SeccompNotifSizes(ctypes.Structure):
+    """``struct seccomp_notif_sizes``."""
+
+    _fields_ = [
+        ("seccomp_notif", ctypes.c_uint16),
+        ("seccomp_notif_resp", ctypes.c_uint16),
+        ("seccomp_data", ctypes.c_uint16),
+    ]
+
+
+class SockFilter(ctypes.Structure):
+    """``struct sock_filter`` (linux/filter.h)."""
+
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class SockFprog(ctypes.Structure):
+    """``struct sock_fprog`` (linux/filter.h)."""
+
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+
+_MAGIC = ord("!")
+IOCTL_NOTIF_RECV = iowr(_MAGIC, 0, ctypes.sizeof(SeccompNotif))
+IOCTL_NOTIF_SEND = iowr(_MAGIC, 1, ctypes.sizeof(SeccompNotifResp))
+IOCTL_NOTIF_ID_VALID = iow(_MAGIC, 2, 8)
+IOCTL_NOTIF_ADDFD = iow(_MAGIC, 3, ctypes.sizeof(SeccompNotifAddfd))
+IOCTL_NOTIF_SET_FLAGS = iow(_MAGIC, 4, 8)
+
+
+class Action(enum.IntEnum):
+    KILL_PROCESS = SECCOMP_RET_KILL_PROCESS
+    ERRNO = SECCOMP_RET_ERRNO
+    USER_NOTIF = SECCOMP_RET_USER_NOTIF
+    ALLOW = SECCOMP_RET_ALLOW
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One classic BPF instruction, as the kernel takes it."""
+
+    code: int
+    jt: int
+    jf: int
+    k: int
+
+    def pack(self) -> bytes:
+        return struct.pack("=HBBI", self.code, self.jt, self.jf, self.k)
+
+
+def check_notif_sizes() -> None:
+    """Raise if the kernel's notification structures differ from the mirrors here."""
+    sizes = SeccompNotifSizes()
+    syscall(NR_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, ctypes.addressof(sizes),
+            call="seccomp(SECCOMP_GET_NOTIF_SIZES)")
+    ours = (ctypes.sizeof(SeccompNotif), ctypes.sizeof(SeccompNotifResp),
+            ctypes.sizeof(SeccompData))
+    theirs = (sizes.seccomp_notif, sizes.seccomp_notif_resp, sizes.seccomp_data)
+    if ours[0] > theirs[0] or ours[1] > theirs[1] or ours[2] != theirs[2]:
+        raise RuntimeError(f"seccomp structure sizes differ: ours {ours}, kernel {theirs}")
+
+
+def action_available(action: int) -> bool:
+    """Whether the kernel knows ``action`` (``SECCOMP_GET_ACTION_AVAIL``)."""
+    value = ctypes.c_uint32(action)
+    try:
+        syscall(NR_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.addressof(value),
+                call="seccomp(SECCOMP_GET_ACTION_AVAIL)")
+    except OSError:
+        return False
+    return True
+
+
+def install_filter(program: list[Instruction], flags: int) -> int:
+    """Load ``program`` for the calling thread; return the listener fd (or 0 without one)."""
+    raw = b"".join(ins.pack() for ins in program)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    prog = SockFprog(len(program), ctypes.cast(buf, ctypes.POINTER(SockFilter)))
+    return syscall(NR_seccomp, SECCOMP_SET_MODE_FILTER, flags, ctypes.addressof(prog),
+                   call="seccomp(SECCOMP_SET_MODE_FILTER)")
+
+
+class Listener:
+    """The supervisor's side of a notification fd, with preallocated, reused buffers."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.notif = SeccompNotif()
+        self._resp = SeccompNotifResp()
+        self._addfd = SeccompNotifAddfd()
+        self._id = ctypes.c_uint64()
+
+    def set_sync_wakeup(self) -> None:
+        """Ask for synchronous wake-ups on replies; the flag is passed by value."""
+        ioctl_value(self.fd, IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+                    "ioctl(SECCOMP_IOCTL_NOTIF_SET_FLAGS)")
+
+    def recv(self) -> SeccompNotif:
+        """Receive one notification. The buffer must be zeroed first, or the kernel says EINVAL."""
+        ctypes.memset(ctypes.addressof(self.notif), 0, ctypes.sizeof(self.notif))
+        ioctl(self.fd, IOCTL_NOTIF_RECV, self.notif, "ioctl(SECCOMP_IOCTL_NOTIF_RECV)")
+        return self.notif
+
+    def id_valid(self, notif_id: int) -> bool:
+        self._id.value = notif_id
+        try:
+            ioctl(self.fd, IOCTL_NOTIF_ID_VALID, self._id, "ioctl(SECCOMP_IOCTL_NOTIF_ID_VALID)")
+        except OSError:
+            return False
+        return True
+
+    def send(self, notif_id: int, val: int = 0, error: int = 0, cont: bool = False) -> None:
+        """Complete a call: ``error`` is a negative errno, or ``val`` the return value."""
+        resp = self._resp
+        resp.id = notif_id
+        resp.val = val
+        resp.error = error
+        resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
+        ioctl(self.fd, IOCTL_NOTIF_SEND, resp, "ioctl(SECCOMP_IOCTL_NOTIF_SEND)")
+
+    def addfd(self, notif_id: int, srcfd: int, cloexec: bool, newfd: int | None = None,
+              send: bool = True) -> int:
+        """Install ``srcfd`` in the target; with ``send`` also complete the call with it."""
+        req = self._addfd
+        req.id = notif_id
+        req.flags = (SECCOMP_ADDFD_FLAG_SEND if send else 0) | (
+            SECCOMP_ADDFD_FLAG_SETFD if newfd is not None else 0)
+        req.srcfd = srcfd
+        req.newfd = newfd or 0
+        req.newfd_flags = 0o2000000 if cloexec else 0  # O_CLOEXEC
+        return ioctl(self.fd, IOCTL_NOTIF_ADDFD, req, "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")

@@ -1,0 +1,69 @@
+"""Stack names → stacks, and stacks → open namespace fds (DESIGN.md §5 "Names").
+
+Order: the reserved names ``null`` and ``native`` (also ``/dev/net/null`` and
+``/dev/net/native`` when no such file exists); a path with a slash as given; a bare NAME as
+``/run/netns/NAME`` (what ``ip netns add`` makes), then as the caller's own rootless stack.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mstack_bpf.errors import StackError
+from mstack_bpf.linux import netns
+from mstack_bpf.model import NATIVE, NULL, Stack, StackKind
+
+NETNS_RUN_DIR = "/run/netns"
+_RESERVED = {"null": NULL, "native": NATIVE}
+
+
+def _user_stack(name: str) -> str | None:
+    try:
+        from mstack_bpf.stacks.paths import resolve_user_stack
+    except ImportError:  # pragma: no cover - stack management not installed
+        return None
+    return resolve_user_stack(name)
+
+
+def resolve(name: str) -> Stack:
+    """The stack ``name`` refers to; raises :class:`StackError` if there is none."""
+    if name in _RESERVED:
+        return _RESERVED[name]
+    if name.startswith("/dev/net/") and name[9:] in _RESERVED and not os.path.lexists(name):
+        return _RESERVED[name[9:]]
+    if not name:
+        raise StackError("empty stack name")
+    if "/" in name:
+        return Stack(StackKind.NETNS, name, os.path.abspath(name))
+    run_path = os.path.join(NETNS_RUN_DIR, name)
+    if os.path.lexists(run_path):
+        return Stack(StackKind.NETNS, name, run_path)
+    user_path = _user_stack(name)
+    if user_path is not None:
+        return Stack(StackKind.NETNS, name, user_path)
+    raise StackError(
+        f"{name}: no such stack (not in {NETNS_RUN_DIR}, not a stack of yours)",
+        hint="list stacks with 'mstack-stack list' or 'ip netns list'",
+    )
+
+
+@dataclass(frozen=True)
+class OpenStack:
+    """A namespace stack held open: ``fd`` stays valid whatever happens to its path."""
+
+    stack: Stack
+    fd: int
+    ino: int
+
+
+def open_stack(stack: Stack) -> OpenStack:
+    if stack.kind is not StackKind.NETNS or stack.path is None:
+        raise ValueError(f"{stack} has no namespace")
+    try:
+        fd = netns.open_netns(stack.path)
+    except netns.NotANetns as e:
+        raise StackError(f"{stack.path}: not a network namespace ({e.reason})") from None
+    except OSError as e:
+        raise StackError(f"{stack.path}: {e.strerror}") from None
+    return OpenStack(stack, fd, netns.ns_inode(fd))

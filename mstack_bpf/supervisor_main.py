@@ -1,0 +1,79 @@
+"""Set-up of the supervisor process: take the listener, probe it, report ready, serve."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+
+from mstack_bpf.factory import StackSockets
+from mstack_bpf.launcher import RunConfig
+from mstack_bpf.linux import seccomp
+from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.supervisor import Supervisor, describe
+
+log = logging.getLogger("mstack.supervisor")
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    """Hold nothing of the command's: an inherited pipe kept open would stall its reader."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep:
+            os.dup2(devnull, fd)
+    os.close(devnull)
+    keep = keep | {0, 1, 2}
+    previous = -1
+    for fd in sorted(keep):
+        if fd - previous > 1:
+            os.closerange(previous + 1, fd)
+        previous = fd
+    os.closerange(previous + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def _probe_addfd(listener: seccomp.Listener) -> str | None:
+    """ADDFD with an id that cannot exist: ENOENT means the kernel knows the ioctl."""
+    try:
+        listener.addfd(0xFFFFFFFFFFFFFFFF, 0, cloexec=True, send=False)
+    except SyscallError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        return f"kernel lacks SECCOMP_IOCTL_NOTIF_ADDFD ({e.strerror}); needs Linux >= 5.14"
+    return None
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose >= 3 else logging.INFO if verbose >= 2 else logging.WARNING
+    logging.basicConfig(stream=sys.stderr, level=level, format="mstack supervisor: %(message)s")
+
+
+def serve_forever(channel: socket.socket, config: RunConfig) -> None:
+    keep = {channel.fileno(), *(s.fd for s in config.stacks)}
+    if config.verbose:
+        keep.add(2)
+    _close_other_fds(keep)
+    _setup_logging(config.verbose)
+    try:
+        _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    except OSError:
+        return
+    if not fds:
+        return  # the launcher failed before installing the filter
+    listener = seccomp.Listener(fds[0])
+    problem = _probe_addfd(listener)
+    if problem:
+        channel.send(b"E" + problem.encode())
+        return
+    try:
+        listener.set_sync_wakeup()
+    except SyscallError as e:
+        log.debug("no synchronous wake-ups: %s", e)
+    supervisor = Supervisor(listener, config.mapping,
+                            {s.stack.name: s for s in config.stacks}, StackSockets())
+    if config.verbose >= 2:
+        supervisor.observers.append(lambda *a: log.info("%s", describe(*a)))
+    channel.send(b"R")
+    channel.close()
+    supervisor.serve()

@@ -1,0 +1,207 @@
+"""``mstack-trace``: trace socket calls and the stack (network namespace) each socket used.
+
+The only place where tracing errors become messages and exit codes: 0 ok, 2 usage,
+125 failure (eBPF unavailable included); with COMMAND, COMMAND's own status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+import click
+
+from mstack_bpf.trace.events import Event
+from mstack_bpf.trace.names import StackNames
+from mstack_bpf.trace.summary import (
+    EVENT_HEADER,
+    event_record,
+    format_event,
+    format_table,
+    summarize,
+)
+from mstack_bpf.trace.tracer import Tracer
+
+EXIT_FAILURE = 125
+
+EXAMPLES = """\b
+Examples:
+    mstack-trace                   # every socket call on the machine
+    mstack-trace -p 181            # PID 181 and its descendants
+    mstack-trace -- curl -s URL    # run COMMAND, trace its tree, exit with its status
+    mstack-trace --json -p 181     # one JSON object per line
+    mstack-trace -s -- make check  # also print a per-family table at the end
+"""
+
+
+@dataclass(frozen=True)
+class Options:
+    pid: int | None
+    as_json: bool
+    summary: bool
+    command: tuple[str, ...]
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; the main loop checks it after every poll."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+class _Output:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.names = StackNames()
+        self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        self.events: list[Event] = []
+
+    def header(self) -> None:
+        if not self.opts.as_json:
+            print(EVENT_HEADER, flush=True)
+
+    def emit(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if self.opts.summary:
+                self.events.append(event)
+            if self.opts.as_json:
+                record = event_record(event, self.names, self.wall_offset_ns)
+                print(json.dumps(record, separators=(",", ":")))
+            else:
+                print(format_event(event, self.names, self.wall_offset_ns))
+        sys.stdout.flush()
+
+    def finish(self, dropped: int) -> None:
+        if self.opts.summary:
+            print(format_table(summarize(self.events, self.names)), file=sys.stderr)
+        if dropped:
+            print(f"mstack-trace: {dropped} events lost (ring buffer full)", file=sys.stderr)
+
+
+def _trace_pid(opts: Options, out: _Output) -> int:
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    with Tracer(opts.pid) as tracer:
+        out.header()
+        while not stop.requested:
+            out.emit(tracer.poll(500))
+        out.emit(tracer.drain())
+        out.finish(tracer.dropped())
+    return 0
+
+
+def _spawn_waiting(command: Sequence[str]) -> tuple[int, int, int]:
+    """Fork a child that execs ``command`` once a byte is written to the returned go fd.
+
+    Returns (pid, go_fd, err_fd); err_fd yields the exec errno (4 bytes) or EOF on exec.
+    """
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # child: wait until the tracer follows this pid, then exec
+        try:
+            os.close(go_w)
+            os.close(err_r)
+            if os.read(go_r, 1) == b"g":
+                os.close(go_r)
+                os.execvp(command[0], list(command))
+            os._exit(EXIT_FAILURE)
+        except OSError as exc:
+            os.write(err_w, (exc.errno or 0).to_bytes(4, "little"))
+        finally:
+            os._exit(127)
+    os.close(go_r)
+    os.close(err_w)
+    return pid, go_w, err_r
+
+
+def _trace_command(opts: Options, out: _Output) -> int:
+    pid, go, err = _spawn_waiting(opts.command)
+    try:
+        tracer = Tracer(pid)
+    except BaseException:
+        os.close(go)  # the child reads EOF and exits without exec'ing
+        os.waitpid(pid, 0)
+        raise
+    with tracer:
+        os.write(go, b"g")
+        os.close(go)
+        failed = os.read(err, 4)
+        os.close(err)
+        if failed:
+            os.waitpid(pid, 0)
+            code = int.from_bytes(failed, "little")
+            click.echo(f"mstack-trace: {opts.command[0]}: {os.strerror(code)}", err=True)
+            return 127 if code == 2 else 126
+        # Ctrl-C reaches COMMAND from the terminal; the trace ends when COMMAND does.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signum))
+        pidfd = os.pidfd_open(pid)
+        out.header()
+        poller = select.poll()
+        poller.register(tracer.fileno(), select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            try:
+                ready = {fd for fd, _ in poller.poll()}
+            except InterruptedError:
+                continue
+            out.emit(tracer.poll(0))
+            if pidfd in ready:
+                break
+        # Every event of COMMAND was queued before it exited: drain, then report.
+        out.emit(tracer.drain())
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        out.finish(tracer.dropped())
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "allow_interspersed_args": False},
+    epilog=EXAMPLES,
+)
+@click.option("-p", "--pid", type=click.IntRange(min=1), help="Trace PID and its descendants.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")
+@click.option("-s", "--summary", is_flag=True, help="At the end, a per-family table on stderr.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def cli(pid: int | None, as_json: bool, summary: bool, command: tuple[str, ...]) -> None:
+    """Trace socket, socketpair, accept, accept4 and msocket calls, and show the stack
+    (network namespace) each new socket lives in.
+
+    Traces every process, or PID and its descendants, or COMMAND (run by mstack-trace)
+    and its descendants. STACK is "native" for mstack-trace's own network namespace, the
+    "ip netns" name of a namespace under /run/netns, else netns:[INODE]. Needs root.
+    """
+    if pid is not None and command:
+        raise click.UsageError("-p and COMMAND exclude each other")
+    opts = Options(pid, as_json, summary, command)
+    out = _Output(opts)
+    try:
+        code = _trace_command(opts, out) if command else _trace_pid(opts, out)
+    except BrokenPipeError:
+        # The reader (head, less) went away: stop quietly, as a filter should.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    except OSError as exc:
+        click.echo(f"mstack-trace: {exc}", err=True)
+        code = EXIT_FAILURE
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point of ``mstack-trace``."""
+    cli(prog_name="mstack-trace")

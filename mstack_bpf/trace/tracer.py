@@ -1,0 +1,259 @@
+"""Load ``socktrace.bpf.o``, attach it, and read its socket events.
+
+A :class:`Tracer` made with ``root_pid`` traces that process and every process it forks
+afterwards (``sched_process_fork``); the caller makes it *before* the root starts its work
+(mstack's supervisor passes the pid that will exec the command). Without ``root_pid`` it
+traces every process on the machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib.resources
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from mstack_bpf.linux import libbpf
+from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.trace.events import Event, layout_mismatch
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+#: Attach modes, tried in order: each names its sys_exit, fork and exit programs.
+_MODES: dict[str, tuple[str, str, str]] = {
+    "tp_btf": ("btf_sys_exit", "btf_fork", "btf_exit"),
+    "raw_tp": ("raw_sys_exit", "raw_fork", "raw_exit"),
+}
+
+
+class TraceUnavailable(OSError):
+    """eBPF socket tracing cannot run here; ``str()`` is a one-line reason."""
+
+    def __init__(self, err: int, reason: str) -> None:
+        super().__init__(err, reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def default_object_path() -> Path:
+    """The compiled program shipped as package data (``make -C bpf`` builds it)."""
+    return Path(str(importlib.resources.files("mstack_bpf").joinpath("bpf/socktrace.bpf.o")))
+
+
+def _describe(exc: OSError) -> str:
+    text = str(exc)
+    if isinstance(exc, SyscallError) and exc.call == "bpf_object__load":
+        log = libbpf.last_log(2)
+        if exc.errno == errno.EPERM:
+            text += " (program type refused by the kernel)"
+        if log:
+            text += f" [libbpf: {log}]"
+    return text
+
+
+def _open(path: Path, mode: str) -> libbpf.BpfObject:
+    """Open and load ``path`` with only ``mode``'s programs; attaching is left to the caller."""
+    obj = libbpf.BpfObject(str(path))
+    try:
+        mismatch = layout_mismatch(obj.struct_layout("socktrace_event"))
+        if mismatch:
+            raise TraceUnavailable(errno.EPROTO, f"{path}: stale object: {mismatch}")
+        for other, programs in _MODES.items():
+            if other != mode:
+                for program in programs:
+                    obj.set_autoload(program, False)
+        libbpf.clear_log()
+        obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every live process below it, from /proc (a snapshot, racy by nature)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The comm field may hold spaces and parentheses: ppid follows the last ')'.
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+class Tracer:
+    """Socket events of one process tree (``root_pid``) or of every process (None).
+
+    ``poll()`` returns the events that arrived; ``fileno()`` is an fd that becomes readable
+    when there are some, for a caller's own poll loop. ``load_ms`` is how long opening,
+    loading and attaching took. ``modes`` are the attach modes to try in order (``tp_btf``,
+    then ``raw_tp``); ``mode`` is the one that worked. Raises :class:`TraceUnavailable` if
+    eBPF cannot run.
+    """
+
+    def __init__(
+        self,
+        root_pid: int | None = None,
+        *,
+        object_path: Path | str | None = None,
+        modes: Sequence[str] = tuple(_MODES),
+    ) -> None:
+        start = time.perf_counter()
+        path = Path(object_path) if object_path is not None else default_object_path()
+        reason = _static_reason(path)
+        if reason:
+            raise TraceUnavailable(errno.ENOTSUP, reason)
+        self._raw: list[bytes] = []
+        self._links: list[libbpf.Link] = []
+        self._obj, self.mode = self._load(path, root_pid, modes)
+        try:
+            self._rb = libbpf.RingBuffer(self._obj.map_fd("events"), self._raw.append)
+            if root_pid is not None:
+                # Processes forked before the fork hook was attached: find them in /proc,
+                # twice, so a fork racing with the first scan is caught by the second.
+                for _ in range(2):
+                    self.add_pids(_descendants(root_pid))
+        except BaseException:
+            self.close()
+            raise
+        self.load_ms = (time.perf_counter() - start) * 1000
+
+    def _load(
+        self, path: Path, root_pid: int | None, modes: Sequence[str]
+    ) -> tuple[libbpf.BpfObject, str]:
+        first: OSError | None = None
+        for mode in modes:
+            programs = _MODES[mode]
+            try:
+                obj = _open(path, mode)
+            except TraceUnavailable:
+                raise
+            except OSError as exc:
+                first = first or exc
+                continue
+            try:
+                self._configure(obj, root_pid)
+                self._links = [obj.attach(program) for program in programs]
+                return obj, mode
+            except OSError as exc:
+                first = first or exc
+                for link in self._links:
+                    link.destroy()
+                self._links = []
+                obj.close()
+        assert first is not None
+        raise TraceUnavailable(first.errno or errno.EINVAL, _describe(first)) from first
+
+    @staticmethod
+    def _configure(obj: libbpf.BpfObject, root_pid: int | None) -> None:
+        # Filter before attaching, so no other process's event is ever queued.
+        on = ctypes.c_uint32(1 if root_pid is not None else 0)
+        libbpf.map_update(obj.map_fd("config"), ctypes.c_uint32(0), on, "config")
+        if root_pid is not None:
+            libbpf.map_update(
+                obj.map_fd("traced"), ctypes.c_uint32(root_pid), ctypes.c_uint32(1), "traced"
+            )
+
+    def add_pids(self, pids: Iterable[int]) -> None:
+        """Trace these processes too (and, from now on, their children)."""
+        fd = self._obj.map_fd("traced")
+        for pid in pids:
+            libbpf.map_update(fd, ctypes.c_uint32(pid), ctypes.c_uint32(1), "traced")
+
+    def fileno(self) -> int:
+        """An epoll fd, readable when events are waiting."""
+        return self._rb.epoll_fd()
+
+    def poll(self, timeout_ms: int = 0) -> list[Event]:
+        """Events that arrived, waiting up to ``timeout_ms`` for the first (-1: for ever)."""
+        self._rb.poll(timeout_ms)
+        raw, self._raw[:] = list(self._raw), []
+        return [Event.from_bytes(data) for data in raw]
+
+    def drain(self) -> list[Event]:
+        """Every event already queued, without waiting."""
+        self._rb.consume()
+        return self.poll(0)
+
+    def dropped(self) -> int:
+        """Events lost so far because the ring buffer was full."""
+        ncpus = libbpf.possible_cpus()
+        values = (ctypes.c_uint64 * ncpus)()
+        libbpf.map_lookup(self._obj.map_fd("drops"), ctypes.c_uint32(0), values, "drops")
+        return sum(values)
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call twice."""
+        for link in self._links:
+            link.destroy()
+        self._links = []
+        rb = getattr(self, "_rb", None)
+        if rb is not None:
+            rb.free()
+        self._obj.close()
+
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _static_reason(path: Path) -> str | None:
+    """Why tracing cannot work, from checks that load nothing; None if they pass."""
+    if os.geteuid() != 0:
+        try:
+            with open("/proc/sys/kernel/unprivileged_bpf_disabled") as f:
+                setting = f" (kernel.unprivileged_bpf_disabled={f.read().strip()})"
+        except OSError:
+            setting = ""
+        return f"eBPF tracing needs root{setting}"
+    if not os.path.exists(BTF_PATH):
+        return f"the kernel has no BTF ({BTF_PATH} missing; needs CONFIG_DEBUG_INFO_BTF)"
+    try:
+        libbpf.lib()
+    except libbpf.LibbpfMissing as exc:
+        return f"{exc.strerror} (apt-get install libbpf1)"
+    if not path.is_file():
+        return f"{path} is missing (build it with make -C bpf)"
+    return None
+
+
+def unavailable_reason(object_path: Path | str | None = None, *, load: bool = True) -> str | None:
+    """One line saying why eBPF socket tracing cannot run here, or None if it can.
+
+    With ``load`` (the default) it really loads and attaches the program for a moment,
+    which is the only way to learn whether the kernel accepts it (~25 ms).
+    """
+    path = Path(object_path) if object_path is not None else default_object_path()
+    reason = _static_reason(path)
+    if reason or not load:
+        return reason
+    try:
+        Tracer(os.getpid(), object_path=path).close()
+    except OSError as exc:
+        return str(exc)
+    return None

@@ -7,3 +7,7 @@ caller with ``SECCOMP_IOCTL_NOTIF_ADDFD``.
 """
 
 __version__ = "0.1.0"
+
+from mstack_bpf.msocket import NotUnderMstack, msocket, set_default_stack
+
+__all__ = ["NotUnderMstack", "msocket", "set_default_stack", "__version__"]

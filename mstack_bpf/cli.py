@@ -77,7 +77,7 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
     mapping = Mapping().with_families(chosen, resolve(stack))
     if lock:
         mapping = mapping.locked_all()
-    config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping))
+    config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping), chosen)
     if verbose:
         for line in mapping.describe():
             click.echo(f"mstack: {line}", err=True)

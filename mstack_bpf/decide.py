@@ -12,6 +12,7 @@ import errno
 from dataclasses import dataclass
 
 from mstack_bpf.calls import (
+    SOCK_DEFAULT,
     Call,
     MsocketCall,
     OtherCall,
@@ -19,8 +20,11 @@ from mstack_bpf.calls import (
     SocketcallCall,
     SocketPairCall,
 )
-from mstack_bpf.families import AF_MAX
+from mstack_bpf.families import AF_MAX, ALL_FAMILIES
 from mstack_bpf.model import NATIVE, Mapping, Stack, StackKind
+
+
+AF_UNSPEC = 0
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,42 @@ def decide(call: Call, table: Mapping) -> Decision:
         case OtherCall():
             return Fail(errno.ENOSYS)
     raise AssertionError(call)
+
+
+@dataclass(frozen=True)
+class SetDefault:
+    """msocket(path, domain, SOCK_DEFAULT): make ``stack`` the caller's default."""
+
+    families: frozenset[int]
+    stack: Stack
+
+
+def same_stack(a: Stack, b: Stack) -> bool:
+    return a == b or (a.kind is b.kind and a.kind is not StackKind.NETNS)
+
+
+def decide_msocket(call: MsocketCall, table: Mapping, named: Stack | None) -> Decision | SetDefault:
+    """msocket(2) once its path has been read and opened (``named``; None for a NULL path).
+
+    Under a lock nothing may move a locked family: not SOCK_DEFAULT, not an explicit path
+    naming another stack.
+    """
+    if call.type == SOCK_DEFAULT:
+        if call.family == AF_UNSPEC:
+            families = ALL_FAMILIES
+        elif 1 <= call.family < AF_MAX:
+            families = frozenset({call.family})
+        else:
+            return Fail(errno.EAFNOSUPPORT)
+        if families & table.locked:
+            return Fail(errno.EPERM)
+        if named is None:
+            return Fail(errno.EINVAL)
+        return SetDefault(families, named)
+    default = stack_for(table, call.family)
+    stack = default if named is None else named
+    if call.family in table.locked and not same_stack(stack, default):
+        return Fail(errno.EPERM)
+    if stack.kind is StackKind.NULL:
+        return Fail(errno.EAFNOSUPPORT)
+    return Create(stack, call.family, call.type, call.protocol)

@@ -108,6 +108,31 @@ class FilterSpec:
         )
 
 
+    @staticmethod
+    def nested_lock(mapping: Mapping, chosen: frozenset[int]) -> FilterSpec:
+        """A listener-less filter for ``--lock`` under an unlocked outer mstack.
+
+        The outer supervisor still redirects (its USER_NOTIF wins over our ALLOW); this filter
+        refuses our null families in the kernel, msocket (-5) with EPERM, and the lock
+        escapes. Which families the outer mapping leaves native is not known here, so the
+        escapes to another namespace are refused as if some were.
+        """
+        null = errno_ret(errno.EAFNOSUPPORT)
+        sock = {
+            f: null if f in chosen and mapping.stack_of(f).kind is StackKind.NULL else ALLOW
+            for f in ALL_FAMILIES
+        }
+        return FilterSpec(
+            socket=sock,
+            socketpair=dict(sock),
+            msocket=errno_ret(errno.EPERM),
+            io_uring=errno_ret(errno.ENOSYS),
+            supervised=False,
+            lock_any=True,
+            lock_native=True,
+        )
+
+
 def compile_filter(spec: FilterSpec) -> list[Instruction]:
     """The classic BPF program for ``spec``, for x86_64 and i386 (``int 0x80``) callers."""
     asm = Asm()

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from mstack_bpf.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
+from mstack_bpf.families import ALL_FAMILIES
 from mstack_bpf.filter import FilterSpec, compile_filter
+from mstack_bpf import nested
 from mstack_bpf.linux import prctl, seccomp
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.model import Mapping
@@ -43,6 +45,8 @@ class RunConfig:
     verbose: int = 0
     no_new_privs: bool = False
     stacks: tuple[OpenStack, ...] = field(default=(), compare=False)
+    #: the families this mstack was asked to set (a nested mstack changes only those)
+    chosen: frozenset[int] = ALL_FAMILIES
 
 
 def find_command(name: str) -> str:
@@ -70,6 +74,12 @@ def run(config: RunConfig) -> NoReturn:
     """Set up and execve ``config.argv``; raises :class:`MstackError` if that cannot be done."""
     path = find_command(config.argv[0])
     check_kernel()
+    if nested.outer_supervisor():
+        # The kernel refuses a second listener (EBUSY): the outer supervisor takes our table.
+        nested.set_defaults(config.mapping, config.chosen)
+        if config.mapping.locked:
+            _lock_below(config)
+        _exec(path, config.argv)
     spec = FilterSpec.from_mapping(config.mapping)
     program = compile_filter(spec)
     if config.no_new_privs or os.geteuid() != 0:
@@ -80,6 +90,12 @@ def run(config: RunConfig) -> NoReturn:
     else:
         _install(program, 0)
     _exec(path, config.argv)
+
+
+def _lock_below(config: RunConfig) -> None:
+    if config.no_new_privs or os.geteuid() != 0:
+        prctl.set_no_new_privs()
+    _install(compile_filter(FilterSpec.nested_lock(config.mapping, config.chosen)), 0)
 
 
 def _start_supervisor(config: RunConfig) -> socket.socket:

@@ -14,30 +14,43 @@ import select
 import struct
 from collections.abc import Callable
 
-from mstack_bpf.calls import SOCK_CLOEXEC, decode, decode_socketcall
-from mstack_bpf.decide import Continue, Create, Decision, Fail, Msocket, ReadSocketcall, decide
+from mstack_bpf.calls import SOCK_CLOEXEC, MsocketCall, decode, decode_socketcall
+from mstack_bpf.decide import (
+    Continue,
+    Create,
+    Decision,
+    Fail,
+    Msocket,
+    ReadSocketcall,
+    SetDefault,
+    decide,
+    decide_msocket,
+)
 from mstack_bpf.factory import StackSockets, open_task_netns
 from mstack_bpf.families import family_name
 from mstack_bpf.linux import procmem
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener
-from mstack_bpf.model import Mapping, StackKind
-from mstack_bpf.resolve import OpenStack
+from mstack_bpf.model import Stack, StackKind
+from mstack_bpf.registry import StackRegistry
+from mstack_bpf.tables import MARKER_FD, Tables
 
 log = logging.getLogger("mstack.supervisor")
 
 _GONE = (errno.ENOENT, errno.ESRCH)
+Outcome = Decision | SetDefault
+Observer = Callable[[int, object, Outcome, int], None]
 
 
 class Supervisor:
-    def __init__(self, listener: Listener, table: Mapping, stacks: dict[str, OpenStack],
+    def __init__(self, listener: Listener, tables: Tables, registry: StackRegistry,
                  sockets: StackSockets) -> None:
         self.listener = listener
-        self.table = table
-        self.stacks = stacks  # by stack name
+        self.tables = tables
+        self.registry = registry
         self.sockets = sockets
         #: called with (tid, call, decision, result) after each call, for -vv and counters
-        self.observers: list[Callable[[int, object, Decision, int], None]] = []
+        self.observers: list[Observer] = []
 
     def serve(self, extra: dict[int, Callable[[], None]] | None = None) -> None:
         """Serve until the listener hangs up; ``extra`` maps other fds to poll to handlers."""
@@ -65,18 +78,31 @@ class Supervisor:
             raise
         nid, tid, data = notif.id, notif.pid, notif.data
         call = decode(data.arch, data.nr, tuple(data.args))
+        outcome: Outcome
         try:
-            decision = decide(call, self.table)
-            result = self._carry_out(nid, tid, decision)
+            outcome = self._final(nid, tid, decide(call, self.tables.table_for(tid)))
+            result = self._carry_out(nid, tid, outcome)
         except Exception as e:  # fail closed: never CONTINUE on a surprise
-            log.exception("tid %d: %s failed", tid, call)
-            result = -(e.errno if isinstance(e, OSError) and e.errno else errno.EIO)
-            self._reply(nid, error=result)
-            decision = Fail(-result)
+            code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+            if not isinstance(e, OSError):
+                log.exception("tid %d: %s failed", tid, call)
+            self._reply(nid, error=-code)
+            outcome, result = Fail(code), -code
         for observer in self.observers:
-            observer(tid, call, decision, result)
+            observer(tid, call, outcome, result)
 
-    def _carry_out(self, nid: int, tid: int, decision: Decision) -> int:
+    def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome:
+        """Follow a decision that needs the target's memory to the decision proper."""
+        if isinstance(decision, ReadSocketcall):
+            words = struct.unpack("=3I", procmem.read(tid, decision.argp, 12))
+            if not self.listener.id_valid(nid):
+                raise OSError(errno.ENOENT, "caller gone")
+            return decide(decode_socketcall(decision.call, words), self.tables.table_for(tid))
+        if isinstance(decision, Msocket):
+            return self._msocket(nid, tid, decision.call)
+        return decision
+
+    def _carry_out(self, nid: int, tid: int, decision: Outcome) -> int:
         match decision:
             case Continue():
                 self._reply(nid, cont=True)
@@ -86,16 +112,40 @@ class Supervisor:
                 return -code
             case Create():
                 return self._create(nid, tid, decision)
-            case ReadSocketcall(call=sub, argp=argp):
-                words = struct.unpack("=3I", procmem.read(tid, argp, 12))
-                inner = decode_socketcall(sub, words)
-                if not self.listener.id_valid(nid):
-                    return -errno.ENOENT
-                return self._carry_out(nid, tid, decide(inner, self.table))
-            case Msocket():
-                self._reply(nid, error=-errno.ENOSYS)
-                return -errno.ENOSYS
+            case SetDefault():
+                return self._set_default(nid, tid, decision)
         raise AssertionError(decision)
+
+    def _msocket(self, nid: int, tid: int, call: MsocketCall) -> Outcome:
+        """Read the path once, decide on that copy, and only if the caller is still there."""
+        raw = procmem.read_string(tid, call.path_ptr) if call.path_ptr else None
+        if not self.listener.id_valid(nid):
+            raise OSError(errno.ENOENT, "caller gone")
+        named = None if raw is None else self.registry.open_for_target(raw, tid, self.sockets)
+        return decide_msocket(call, self.tables.table_for(tid), named)
+
+    def _set_default(self, nid: int, tid: int, d: SetDefault) -> int:
+        if self.tables.has_foreign_fd(tid):
+            self._reply(nid, error=-errno.EBUSY)  # never close a descriptor of the target's
+            return -errno.EBUSY
+        table = self.tables.table_for(tid).with_families(d.families, d.stack)
+        marker = self.tables.marker_for(table)
+        try:
+            self.listener.addfd(nid, marker, cloexec=False, newfd=MARKER_FD, send=False)
+        except SyscallError as e:
+            code = errno.EMFILE if e.errno == errno.EBADF else (e.errno or errno.EIO)
+            self._reply(nid, error=-code)
+            return -code
+        self._reply(nid)
+        return 0
+
+    def _namespace(self, tid: int, stack: Stack) -> tuple[int, int, bool]:
+        """fd and inode of the namespace to make a socket in; True if the fd is ours to close."""
+        if stack.kind is StackKind.NATIVE:
+            fd, ino = open_task_netns(tid)
+            return fd, ino, True
+        opened = self.registry.get(stack)
+        return opened.fd, opened.ino, False
 
     def _create(self, nid: int, tid: int, d: Create) -> int:
         try:
@@ -107,11 +157,7 @@ class Supervisor:
         # /proc was read by pid: make sure that pid is still the caller we were asked about.
         if not self.listener.id_valid(nid):
             return -errno.ENOENT
-        if d.stack.kind is StackKind.NATIVE:
-            ns_fd, ns_ino = open_task_netns(tid)
-        else:
-            opened = self.stacks[d.stack.name]
-            ns_fd, ns_ino = opened.fd, opened.ino
+        ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
             fd = self.sockets.make(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         except OSError as e:
@@ -119,7 +165,7 @@ class Supervisor:
             self._reply(nid, error=-code)
             return -code
         finally:
-            if d.stack.kind is StackKind.NATIVE:
+            if temporary:
                 os.close(ns_fd)
         try:
             return self.listener.addfd(nid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
@@ -139,12 +185,12 @@ class Supervisor:
                 raise
 
 
-def describe(tid: int, call: object, decision: Decision, result: int) -> str:
+def describe(tid: int, call: object, decision: Outcome, result: int) -> str:
     """One line for ``-vv``."""
     family = getattr(call, "family", None)
-    fam = family_name(family) if isinstance(family, int) else "-"
+    fam = family_name(family) if isinstance(family, int) and family > 0 else "-"
     what = type(call).__name__.removesuffix("Call").lower()
-    if isinstance(decision, Create):
+    if isinstance(decision, Create | SetDefault):
         where = decision.stack.name
     else:
         where = type(decision).__name__.lower()

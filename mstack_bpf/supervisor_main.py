@@ -12,7 +12,9 @@ from mstack_bpf.factory import StackSockets
 from mstack_bpf.launcher import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.registry import StackRegistry
 from mstack_bpf.supervisor import Supervisor, describe
+from mstack_bpf.tables import Tables
 
 log = logging.getLogger("mstack.supervisor")
 
@@ -70,8 +72,8 @@ def serve_forever(channel: socket.socket, config: RunConfig) -> None:
         listener.set_sync_wakeup()
     except SyscallError as e:
         log.debug("no synchronous wake-ups: %s", e)
-    supervisor = Supervisor(listener, config.mapping,
-                            {s.stack.name: s for s in config.stacks}, StackSockets())
+    supervisor = Supervisor(listener, Tables(config.mapping), StackRegistry(config.stacks),
+                            StackSockets())
     if config.verbose >= 2:
         supervisor.observers.append(lambda *a: log.info("%s", describe(*a)))
     channel.send(b"R")

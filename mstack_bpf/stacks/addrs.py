@@ -15,6 +15,7 @@ import json
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from mstack_bpf.stacks.errors import AddressClash, InvalidAddress, NoFreeSubnet
 
@@ -100,7 +101,7 @@ def host_networks() -> list[Network]:
     return nets
 
 
-def _ip_json(argv: list[str]) -> list[dict[str, object]]:
+def _ip_json(argv: list[str]) -> list[dict[str, Any]]:
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
     if out.returncode != 0 or not out.stdout.strip():
         return []

@@ -32,6 +32,7 @@ Rootless stacks (made by any other user)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -105,10 +106,8 @@ def ensure_user_base_dir(uid: int | None = None, environ: Mapping[str, str] | No
     """Create (mode 0700) or check the user's base directory; return its path."""
     uid = os.getuid() if uid is None else uid
     base = user_base_dir(uid, environ)
-    try:
+    with contextlib.suppress(FileExistsError):
         os.mkdir(base, 0o700)
-    except FileExistsError:
-        pass
     check_private_dir(base, uid)
     return base
 

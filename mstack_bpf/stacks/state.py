@@ -6,6 +6,7 @@ never signals an unrelated process that got a recycled pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,10 +120,8 @@ def stop(proc: Proc, timeout: float = 2.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _is_zombie(pid: int) -> bool:

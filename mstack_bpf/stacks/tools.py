@@ -19,8 +19,8 @@ PACKAGES = {
     "nsenter": "util-linux",
     "sleep": "coreutils",
 }
-# Tools installed by root live in sbin, which an unprivileged user's PATH often lacks.
-_EXTRA_PATH = "/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin"
+# ip lives in /usr/sbin, which an unprivileged user's PATH often lacks.
+_EXTRA_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 def which(tool: str) -> str:

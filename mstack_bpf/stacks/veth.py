@@ -9,6 +9,7 @@ left on when the stack goes: other things may depend on it by then.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from mstack_bpf.stacks import tools
@@ -65,10 +66,8 @@ def create(netns: str, name: str, plan: VethPlan) -> str:
 
 def delete(host_if: str) -> None:
     """Delete the pair by its host end; a missing interface is not an error."""
-    try:
+    with contextlib.suppress(CommandFailed):
         tools.run(["ip", "link", "del", host_if])
-    except CommandFailed:
-        pass
 
 
 def enable_nat(name: str, plan: VethPlan, host_if: str) -> str:
@@ -90,7 +89,5 @@ def enable_nat(name: str, plan: VethPlan, host_if: str) -> str:
 def disable_nat(table: str) -> None:
     """Delete the NAT table (``"ip mstack-NAME"``); already gone is fine."""
     family, _, name = table.partition(" ")
-    try:
+    with contextlib.suppress(CommandFailed, MissingTool):
         tools.run(["nft", "delete", "table", family, name])
-    except (CommandFailed, MissingTool):
-        pass

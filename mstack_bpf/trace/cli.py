@@ -30,6 +30,8 @@ from mstack_bpf.trace.summary import (
 from mstack_bpf.trace.tracer import Tracer
 
 EXIT_FAILURE = 125
+#: Events are delivered in batches; this bounds how late a line can appear.
+POLL_MS = 100
 
 EXAMPLES = """\b
 Examples:
@@ -95,7 +97,7 @@ def _trace_pid(opts: Options, out: _Output) -> int:
     with Tracer(opts.pid) as tracer:
         out.header()
         while not stop.requested:
-            out.emit(tracer.poll(500))
+            out.emit(tracer.poll(POLL_MS))
         out.emit(tracer.drain())
         out.finish(tracer.dropped())
     return 0
@@ -154,7 +156,7 @@ def _trace_command(opts: Options, out: _Output) -> int:
         poller.register(pidfd, select.POLLIN)
         while True:
             try:
-                ready = {fd for fd, _ in poller.poll()}
+                ready = {fd for fd, _ in poller.poll(POLL_MS)}
             except InterruptedError:
                 continue
             out.emit(tracer.poll(0))

@@ -30,6 +30,16 @@ _MODES: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Default reader wake-up threshold (see ``wakeup_bytes``): about 45 events.
+WAKEUP_BYTES = 4096
+
+
+class _Config(ctypes.Structure):
+    """``struct socktrace_config`` (bpf/socktrace.h)."""
+
+    _fields_ = [("filter", ctypes.c_uint32), ("wakeup_bytes", ctypes.c_uint32)]
+
+
 class TraceUnavailable(OSError):
     """eBPF socket tracing cannot run here; ``str()`` is a one-line reason."""
 
@@ -103,10 +113,11 @@ class Tracer:
     """Socket events of one process tree (``root_pid``) or of every process (None).
 
     ``poll()`` returns the events that arrived; ``fileno()`` is an fd that becomes readable
-    when there are some, for a caller's own poll loop. ``load_ms`` is how long opening,
+    when a batch is waiting, for a caller's own poll loop. ``load_ms`` is how long opening,
     loading and attaching took. ``modes`` are the attach modes to try in order (``tp_btf``,
     then ``raw_tp``); ``mode`` is the one that worked. Raises :class:`TraceUnavailable` if
-    eBPF cannot run.
+    eBPF cannot run. ``wakeup_bytes``: see :meth:`fileno`; 0 trades the traced calls'
+    speed for latency.
     """
 
     def __init__(
@@ -115,6 +126,7 @@ class Tracer:
         *,
         object_path: Path | str | None = None,
         modes: Sequence[str] = tuple(_MODES),
+        wakeup_bytes: int = WAKEUP_BYTES,
     ) -> None:
         start = time.perf_counter()
         path = Path(object_path) if object_path is not None else default_object_path()
@@ -123,7 +135,8 @@ class Tracer:
             raise TraceUnavailable(errno.ENOTSUP, reason)
         self._raw: list[bytes] = []
         self._links: list[libbpf.Link] = []
-        self._obj, self.mode = self._load(path, root_pid, modes)
+        config = _Config(root_pid is not None, wakeup_bytes)
+        self._obj, self.mode = self._load(path, config, root_pid, modes)
         try:
             self._rb = libbpf.RingBuffer(self._obj.map_fd("events"), self._raw.append)
             if root_pid is not None:
@@ -137,7 +150,7 @@ class Tracer:
         self.load_ms = (time.perf_counter() - start) * 1000
 
     def _load(
-        self, path: Path, root_pid: int | None, modes: Sequence[str]
+        self, path: Path, config: _Config, root_pid: int | None, modes: Sequence[str]
     ) -> tuple[libbpf.BpfObject, str]:
         first: OSError | None = None
         for mode in modes:
@@ -150,7 +163,7 @@ class Tracer:
                 first = first or exc
                 continue
             try:
-                self._configure(obj, root_pid)
+                self._configure(obj, config, root_pid)
                 self._links = [obj.attach(program) for program in programs]
                 return obj, mode
             except OSError as exc:
@@ -163,10 +176,9 @@ class Tracer:
         raise TraceUnavailable(first.errno or errno.EINVAL, _describe(first)) from first
 
     @staticmethod
-    def _configure(obj: libbpf.BpfObject, root_pid: int | None) -> None:
+    def _configure(obj: libbpf.BpfObject, config: _Config, root_pid: int | None) -> None:
         # Filter before attaching, so no other process's event is ever queued.
-        on = ctypes.c_uint32(1 if root_pid is not None else 0)
-        libbpf.map_update(obj.map_fd("config"), ctypes.c_uint32(0), on, "config")
+        libbpf.map_update(obj.map_fd("config"), ctypes.c_uint32(0), config, "config")
         if root_pid is not None:
             libbpf.map_update(
                 obj.map_fd("traced"), ctypes.c_uint32(root_pid), ctypes.c_uint32(1), "traced"
@@ -179,18 +191,24 @@ class Tracer:
             libbpf.map_update(fd, ctypes.c_uint32(pid), ctypes.c_uint32(1), "traced")
 
     def fileno(self) -> int:
-        """An epoll fd, readable when events are waiting."""
+        """An epoll fd, readable once ``wakeup_bytes`` of events are waiting (or at every
+        event with ``wakeup_bytes=0``). With batching, also call :meth:`poll` on a timer."""
         return self._rb.epoll_fd()
 
     def poll(self, timeout_ms: int = 0) -> list[Event]:
-        """Events that arrived, waiting up to ``timeout_ms`` for the first (-1: for ever)."""
+        """Every queued event, after waiting up to ``timeout_ms`` (-1: for ever) for a batch.
+
+        With batching the wait ends early only when a batch is complete; whatever is
+        queued when it ends is returned, so a timeout of ~100 ms bounds the latency.
+        """
         self._rb.poll(timeout_ms)
+        # Below the wake-up threshold epoll reports nothing, yet events may be queued.
+        self._rb.consume()
         raw, self._raw[:] = list(self._raw), []
         return [Event.from_bytes(data) for data in raw]
 
     def drain(self) -> list[Event]:
         """Every event already queued, without waiting."""
-        self._rb.consume()
         return self.poll(0)
 
     def dropped(self) -> int:

@@ -1,0 +1,57 @@
+"""mstack under mstack: set the defaults through the outer supervisor instead of a filter.
+
+The virtual msocket call tells the situations apart: ENOSYS, no mstack above; EPERM, an
+outer ``--lock`` (or locked policy) forbids any change; anything else, an outer supervisor
+that will take our table with msocket(path, family, SOCK_DEFAULT).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from mstack_bpf.errors import LockedError, MstackError
+from mstack_bpf.families import ALL_FAMILIES, family_name
+from mstack_bpf.model import Mapping, Stack, StackKind
+from mstack_bpf.msocket import SOCK_DEFAULT, NotUnderMstack, _call
+
+
+def outer_supervisor() -> bool:
+    """Whether this process runs under an mstack; raises :class:`LockedError` if locked."""
+    try:
+        _call(None, socket.AF_UNSPEC, SOCK_DEFAULT, 0)
+    except NotUnderMstack:
+        return False
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            raise LockedError(
+                "the network mapping is locked by an outer mstack --lock (or a locked policy); "
+                "a nested mstack cannot change it") from None
+    return True
+
+
+def _path(stack: Stack) -> str:
+    if stack.kind is StackKind.NETNS:
+        assert stack.path is not None
+        return stack.path
+    return stack.kind.value
+
+
+def set_defaults(mapping: Mapping, chosen: frozenset[int]) -> None:
+    """Ask the outer supervisor to move the ``chosen`` families to their stacks in
+    ``mapping``, one SOCK_DEFAULT call per family (one AF_UNSPEC call for every family)."""
+    groups: dict[Stack, list[int]] = {}
+    for family in sorted(chosen):
+        groups.setdefault(mapping.stack_of(family), []).append(family)
+    for stack, families in groups.items():
+        targets = [socket.AF_UNSPEC] if len(families) == len(ALL_FAMILIES) else families
+        for family in targets:
+            try:
+                _call(_path(stack), family, SOCK_DEFAULT, 0)
+            except OSError as e:
+                what = "all families" if family == socket.AF_UNSPEC else family_name(family)
+                if e.errno == errno.EPERM:
+                    raise LockedError(f"{what}: locked by an outer mstack; cannot move it to "
+                                      f"{stack.name}") from None
+                raise MstackError(f"outer supervisor refused {what} -> {stack.name}: "
+                                  f"{e.strerror}") from None

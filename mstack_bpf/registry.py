@@ -1,0 +1,115 @@
+"""The namespaces a supervisor holds open, and opening a msocket path as the target would.
+
+Every namespace stack has one canonical :class:`Stack` value per namespace (by inode), so
+``blue``, ``/run/netns/blue`` and ``/proc/PID/ns/net`` of a process in blue are one stack.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+
+from mstack_bpf.factory import StackSockets
+from mstack_bpf.linux import creds as creds_mod
+from mstack_bpf.linux import netns
+from mstack_bpf.model import NATIVE, NULL, Stack, StackKind
+from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, _user_stack
+
+CAP_SYS_ADMIN = 21
+_RESERVED = {b"null": NULL, b"native": NATIVE}
+
+
+class StackRegistry:
+    def __init__(self, opened: Iterable[OpenStack]) -> None:
+        self._by_ino: dict[int, OpenStack] = {}
+        self._by_stack: dict[Stack, OpenStack] = {}
+        for item in opened:
+            self._add(item)
+
+    def _add(self, item: OpenStack) -> OpenStack:
+        self._by_ino.setdefault(item.ino, item)
+        self._by_stack[item.stack] = item
+        return self._by_ino[item.ino]
+
+    def get(self, stack: Stack) -> OpenStack:
+        return self._by_stack[stack]
+
+    def known(self, ino: int) -> bool:
+        return ino in self._by_ino
+
+    def open_for_target(self, raw: bytes, tid: int, sockets: StackSockets) -> Stack:
+        """The stack msocket's ``raw`` path names, opened in the target's root and cwd with
+        its filesystem credentials; OSError ENOENT (no file), ENOTSUP (not a stack) or
+        EACCES (an unprivileged target naming a stack it has no claim to)."""
+        if raw in _RESERVED:
+            return _RESERVED[raw]
+        name = raw.decode("utf-8", "surrogateescape")
+        candidates = self._candidates(name, tid)
+        if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
+                os.path.lexists(c) for c in candidates):
+            return _RESERVED[raw[9:]]
+        who = creds_mod.read_creds(tid)
+        fd = self._open_first(candidates, who if sockets.privileged else None)
+        ino = netns.ns_inode(fd)
+        if ino in self._by_ino:
+            os.close(fd)
+            return self._by_ino[ino].stack
+        if not self._may_name(fd, who):
+            os.close(fd)
+            raise OSError(errno.EACCES, f"{name}: not a stack this process may name")
+        return self._add(OpenStack(Stack(StackKind.NETNS, name, name), fd, ino)).stack
+
+    @staticmethod
+    def _candidates(name: str, tid: int) -> list[str]:
+        root, cwd = f"/proc/{tid}/root", f"/proc/{tid}/cwd"
+        if name.startswith("/"):
+            return [root + name]
+        if "/" in name:
+            return [f"{cwd}/{name}"]
+        found = [f"{root}{NETNS_RUN_DIR}/{name}"]
+        user = _user_stack(name)
+        return [*found, user] if user else found
+
+    @staticmethod
+    def _open_first(candidates: list[str], target: creds_mod.Creds | None) -> int:
+        error: OSError = OSError(errno.ENOENT, "no such stack")
+        for path in candidates:
+            try:
+                if target is None:
+                    return _open_netns(path)
+                with creds_mod.as_filesystem_user(target):
+                    return _open_netns(path)
+            except OSError as e:
+                error = e
+                if e.errno != errno.ENOENT:
+                    break
+        raise error
+
+    @staticmethod
+    def _may_name(fd: int, who: creds_mod.Creds) -> bool:
+        """Whether the target could have entered this namespace itself: it holds
+        CAP_SYS_ADMIN in the namespace's owning user namespace, or that user namespace
+        is one its own uid created (a rootless stack). Stacks already used in the tree
+        were accepted before this is asked."""
+        try:
+            userns = netns.owning_userns(fd)
+        except OSError:
+            return False
+        try:
+            if os.fstat(userns).st_ino == who.userns:
+                return bool(who.cap_eff & (1 << CAP_SYS_ADMIN))
+            return netns.owner_uid(userns) == who.uids[1]
+        finally:
+            os.close(userns)
+
+    def close(self) -> None:
+        for item in self._by_ino.values():
+            os.close(item.fd)
+
+
+def _open_netns(path: str) -> int:
+    try:
+        return netns.open_netns(path)
+    except netns.NotANetns:
+        raise OSError(errno.ENOTSUP, "not a network namespace") from None

@@ -1,0 +1,193 @@
+"""Sockets made inside another network namespace by a resident helper process.
+
+Entering a network namespace takes CAP_SYS_ADMIN over its owning user namespace *and* in
+the caller's own (setns(2)); an unprivileged supervisor has the first for its own rootless
+stacks only after joining their user namespace, and joining a user namespace is allowed
+only to a single-threaded process that then stays in it. So a forked helper does it once:
+``setns(user)`` (skipped when the netns belongs to the caller's user namespace, e.g. root
+stacks, where setns would fail with EINVAL) and ``setns(net)``, then serves requests.
+
+Protocol over an ``AF_UNIX SOCK_SEQPACKET`` socketpair (message boundaries kept, so a
+short or long message is detectable):
+
+* start: helper → parent ``<iI`` (errno, step) — errno 0 when ready; step says which call
+  failed (1 open, 2 NS_GET_NSTYPE, 3 NS_GET_USERNS, 4 setns user, 5 setns net).
+* request: parent → helper ``<iii`` (family, type, protocol), exactly 12 bytes, no
+  ancillary data; anything else ends the helper (a confused peer is not served).
+* reply: helper → parent ``<i`` errno; with errno 0 the socket travels as SCM_RIGHTS.
+
+The helper exits when the parent closes its end or dies (PR_SET_PDEATHSIG), and holds no
+fd but its socket (the supervisor's seccomp listener must not leak into it).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import socket
+import struct
+
+from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.netns import (
+    CLONE_NEWNET,
+    CLONE_NEWUSER,
+    check_netns,
+    ns_inode,
+    owning_userns,
+    setns,
+)
+
+_REQ = struct.Struct("<iii")
+_REPLY = struct.Struct("<i")
+_START = struct.Struct("<iI")
+_STEPS = {
+    1: "open",
+    2: "ioctl(NS_GET_NSTYPE)",
+    3: "ioctl(NS_GET_USERNS)",
+    4: "setns(CLONE_NEWUSER)",
+    5: "setns(CLONE_NEWNET)",
+}
+_PR_SET_PDEATHSIG = 1
+_CMSG_SPACE = socket.CMSG_SPACE(4)
+
+_socket = libc.socket
+_socket.restype = ctypes.c_int
+_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+
+
+class NetnsSocketHelper:
+    """A helper process resident in the network namespace at ``netns_path``.
+
+    ``make_socket`` returns a new fd (owned by the caller) or raises ``OSError`` with the
+    errno socket(2) gave inside the namespace. Not thread-safe: one request at a time.
+    """
+
+    def __init__(self, netns_path: str) -> None:
+        self.netns_path = netns_path
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper
+            parent.close()
+            _serve(child, netns_path)
+        child.close()
+        self.pid = pid
+        self._sock: socket.socket | None = parent
+        try:
+            data = parent.recv(_START.size + 1)
+            if len(data) != _START.size:
+                raise SyscallError(errno.EPROTO, "helper start", netns_path)
+            err, step = _START.unpack(data)
+            if err:
+                raise SyscallError(err, _STEPS.get(step, "helper"), netns_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def make_socket(self, family: int, type: int, proto: int) -> int:
+        """socket(family, type, proto) inside the namespace; one round trip."""
+        if self._sock is None:
+            raise SyscallError(errno.EBADF, "NetnsSocketHelper.make_socket", "closed")
+        self._sock.send(_REQ.pack(family, type, proto))
+        data, anc, flags, _ = self._sock.recvmsg(_REPLY.size + 1, _CMSG_SPACE)
+        fds = _fds(anc)
+        if len(data) != _REPLY.size or flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            raise SyscallError(errno.EPROTO, "NetnsSocketHelper.make_socket", "bad reply")
+        (err,) = _REPLY.unpack(data)
+        if err:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(err, os.strerror(err))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise SyscallError(errno.EPROTO, "NetnsSocketHelper.make_socket", "no fd")
+        return fds[0]
+
+    def close(self) -> None:
+        """Stop the helper (closing our end makes it exit) and reap it."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+
+    def __enter__(self) -> NetnsSocketHelper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _serve(sock: socket.socket, netns_path: str) -> None:  # pragma: no cover - helper
+    """The helper's life: enter the namespaces, answer requests, exit. Never returns."""
+    try:
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        err, step = _enter(netns_path)
+        sock.send(_START.pack(err, step))
+        if err == 0:
+            _loop(sock)
+    finally:
+        os._exit(0)
+
+
+def _enter(netns_path: str) -> tuple[int, int]:  # pragma: no cover - helper
+    step = 1
+    try:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        step = 2
+        check_netns(fd, netns_path)
+        step = 3
+        userns = owning_userns(fd)
+        with open("/proc/self/ns/user", "rb") as own:
+            same = ns_inode(own.fileno()) == ns_inode(userns)
+        if not same:
+            step = 4
+            setns(userns, CLONE_NEWUSER)
+        os.close(userns)
+        step = 5
+        setns(fd, CLONE_NEWNET)
+        os.close(fd)
+    except OSError as e:
+        return e.errno or errno.EIO, step
+    return 0, 0
+
+
+def _loop(sock: socket.socket) -> None:  # pragma: no cover - helper
+    while True:
+        data, anc, flags, _ = sock.recvmsg(_REQ.size + 1, _CMSG_SPACE)
+        if not data:
+            return  # parent closed its end
+        if len(data) != _REQ.size or anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for f in _fds(anc):
+                os.close(f)
+            return
+        family, type_, proto = _REQ.unpack(data)
+        new = _socket(family, type_, proto)
+        if new < 0:
+            sock.send(_REPLY.pack(ctypes.get_errno() or errno.EIO))
+            continue
+        try:
+            socket.send_fds(sock, [_REPLY.pack(0)], [new])
+        finally:
+            os.close(new)

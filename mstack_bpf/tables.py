@@ -1,0 +1,81 @@
+"""Per-process default stacks, inherited through fork and execve by the kernel itself.
+
+A process whose table differs from the tree's root table carries a *marker*: the read end
+of a pipe the supervisor installs at fd :data:`MARKER_FD` with ``ADDFD(SETFD)`` (no
+close-on-exec). ``readlink(/proc/TID/fd/MARKER_FD)`` names it (``pipe:[INODE]``), and the
+inode names the table. The kernel copies the fd table at fork, keeps it across execve and
+shares it between threads, which is exactly the inheritance msocket(2) defines: a child keeps
+the table its parent had at the moment of the fork, even after the parent changes its own
+(the parent then gets a new marker) or exits.
+
+Chosen by measurement (Python, this machine, per socket call): readlink of the marker 2.6 µs;
+``pidfd_open`` + ``pidfd_getfd`` + ``fstat`` 6.4 µs; walking parents through /proc ≥ 9.4 µs per
+step, and racy once a parent has exited and the child was reparented. eBPF on
+``sched_process_fork`` would need root, and the tables must work rootless. While no process has
+changed its table, no lookup is made at all.
+
+Limits: a process that closes every fd (``closefrom``, Python's ``close_fds``, sudo) loses its
+marker and falls back to the root table; a process whose RLIMIT_NOFILE is at most
+:data:`MARKER_FD` cannot carry one (SOCK_DEFAULT then fails with EMFILE).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from mstack_bpf.families import ALL_FAMILIES
+from mstack_bpf.model import Mapping, Stack
+
+MARKER_FD = 1023
+MAX_TABLES = 1024
+
+TableKey = tuple[tuple[Stack, ...], frozenset[int]]
+
+
+def table_key(mapping: Mapping) -> TableKey:
+    return tuple(mapping.stack_of(f) for f in sorted(ALL_FAMILIES)), mapping.locked
+
+
+class Tables:
+    """The root table plus every table some process in the tree has set."""
+
+    def __init__(self, root: Mapping) -> None:
+        self.root = root
+        self._by_marker: dict[str, Mapping] = {}
+        self._markers: dict[TableKey, tuple[str, int]] = {}  # key → (link, pinned read end)
+
+    def table_for(self, tid: int) -> Mapping:
+        if not self._by_marker:
+            return self.root
+        try:
+            link = os.readlink(f"/proc/{tid}/fd/{MARKER_FD}")
+        except OSError:
+            return self.root
+        return self._by_marker.get(link, self.root)
+
+    def has_foreign_fd(self, tid: int) -> bool:
+        """Whether the marker's slot holds a descriptor of the target's own."""
+        try:
+            link = os.readlink(f"/proc/{tid}/fd/{MARKER_FD}")
+        except OSError:
+            return False
+        return link not in self._by_marker
+
+    def marker_for(self, mapping: Mapping) -> int:
+        """The marker fd of ``mapping`` to install in a target; it stays ours (pinned)."""
+        key = table_key(mapping)
+        if key not in self._markers:
+            if len(self._markers) >= MAX_TABLES:
+                raise OSError(errno.EAGAIN, "too many distinct default tables in this tree")
+            read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            os.close(write_end)  # reads then see EOF: harmless for a program that tries
+            link = os.readlink(f"/proc/self/fd/{read_end}")
+            self._markers[key] = (link, read_end)
+            self._by_marker[link] = mapping
+        return self._markers[key][1]
+
+    def close(self) -> None:
+        for _, fd in self._markers.values():
+            os.close(fd)
+        self._markers.clear()

@@ -1,0 +1,167 @@
+"""msocket(2), SOCK_DEFAULT, per-process default tables and nested mstack (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_root, report, run
+
+pytestmark = needs_root
+PROBE = str(HELPERS / "msocket_probe.py")
+
+
+def msprobe(*args: str, command: tuple[str, ...]) -> dict[str, object]:
+    result = report(mstack(*args, PYTHON, PROBE, *command))
+    assert isinstance(result, dict)
+    return result
+
+
+def test_outside_mstack_msocket_says_not_under_mstack() -> None:
+    out = report(run([PYTHON, PROBE, "explicit", "-", "null"]))
+    assert out == {"-": "NotUnderMstack", "null": "NotUnderMstack", "plain": out["plain"]}
+
+
+def test_explicit_stacks_per_socket(make_netns: object, host_cookie: int) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    out = msprobe("-o", "4", a.name, command=("explicit", "-", b.name, b.path, "native",
+                                              "null", "/nonexistent", "/etc/passwd"))
+    assert out == {
+        "-": a.cookie, b.name: b.cookie, b.path: b.cookie, "native": host_cookie,
+        "null": "EAFNOSUPPORT", "/nonexistent": "ENOENT", "/etc/passwd": "ENOTSUP",
+        "plain": a.cookie,
+    }
+
+
+def test_sock_default_changes_one_family(netns: Netns, host_cookie: int) -> None:
+    out = msprobe("native", command=("setdefault", netns.name, "2"))
+    assert out["result"] is None
+    assert out["before"] == {"4": host_cookie, "6": host_cookie}
+    assert out["after"] == {"4": netns.cookie, "6": host_cookie}
+
+
+def test_sock_default_unspec_changes_every_family(netns: Netns) -> None:
+    out = msprobe("native", command=("setdefault", "null", "0"))
+    assert out["after"] == {"4": "EAFNOSUPPORT", "6": "EAFNOSUPPORT"}
+
+
+def test_child_keeps_the_table_of_the_fork(make_netns: object) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    out = msprobe("native", command=("inherit", a.name, b.name))
+    assert out == {"parent": b.cookie, "child": a.cookie}
+
+
+def test_orphan_keeps_the_table_after_reparenting(make_netns: object, tmp_path: Path) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    result = tmp_path / "orphan.json"
+    out = msprobe("native", command=("orphan", a.name, b.name, str(result)))
+    assert out == {"original": b.cookie}
+    deadline = time.monotonic() + 15
+    while not result.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(result.read_text())["orphan"] == a.cookie
+
+
+def test_threads_share_the_process_table(netns: Netns) -> None:
+    assert msprobe("native", command=("thread", netns.name)) == {"main": netns.cookie}
+
+
+def test_table_survives_execve(netns: Netns) -> None:
+    assert msprobe("native", command=("execs", netns.name)) == {"exec_child": netns.cookie}
+
+
+def test_marker_slot_of_the_target_is_never_closed(netns: Netns) -> None:
+    out = msprobe("native", command=("busy", netns.name))
+    assert out == {"result": "EBUSY", "slot": "/dev/null"}
+
+
+def test_lock_refuses_every_change(make_netns: object) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    out = msprobe("--lock", "-o", "4", a.name, command=("setdefault", b.name, "2"))
+    assert out["result"] == "EPERM"
+    out = msprobe("--lock", "-o", "4", a.name, command=("explicit", "-", b.name, a.path))
+    assert out == {"-": a.cookie, b.name: "EPERM", a.path: a.cookie, "plain": a.cookie}
+
+
+def test_nested_mstack_sets_defaults_through_the_outer_one(make_netns: object,
+                                                           host_cookie: int) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    script = (f"{PYTHON} {PROBE} explicit -; "
+              f"mstack -o 4 {b.name} {PYTHON} {PROBE} explicit -; "
+              f"{PYTHON} {PROBE} explicit -; "
+              f"exec mstack null {PYTHON} {PROBE} explicit -")
+    cp = mstack("-o", "4", a.name, "bash", "-c", script)
+    lines = [json.loads(line) for line in cp.stdout.splitlines()]
+    assert [line["-"] for line in lines] == [a.cookie, b.cookie, a.cookie, "EAFNOSUPPORT"]
+
+
+def test_nested_mstack_keeps_its_pid(netns: Netns) -> None:
+    cp = mstack(netns.name, "bash", "-c", "echo $$; exec mstack -o 4 null bash -c 'echo $$'")
+    first, second = cp.stdout.split()
+    assert first == second
+
+
+def test_nested_under_lock_exits_125_naming_the_lock(make_netns: object) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    for outer in (["--lock", "-o", "4", a.name], ["--lock", "null"]):
+        cp = mstack(*outer, "bash", "-c", f"mstack -o 4 {b.name} true; echo rc=$?")
+        assert "rc=125" in cp.stdout
+        assert "locked" in cp.stderr
+
+
+def test_nested_lock_under_unlocked_outer(make_netns: object) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    inner = f"mstack -o 4 {a.name} {PYTHON} {PROBE} setdefault {a.name} 2"
+    cp = mstack("-o", "4", b.name, "mstack", "--lock", "-o", "6", "null", "bash", "-c", inner)
+    assert "locked" in cp.stderr
+    out = report(mstack("-o", "4", b.name, "mstack", "--lock", "-o", "6", "null",
+                        PYTHON, PROBE, "setdefault", a.name, "2"))
+    assert isinstance(out, dict)
+    assert out["result"] == "EPERM"
+    assert out["after"] == {"4": b.cookie, "6": "EAFNOSUPPORT"}
+
+
+def test_c_header_msocket(netns: Netns, tmp_path: Path, host_cookie: int) -> None:
+    source = tmp_path / "m.c"
+    source.write_text(r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include "msocket.h"
+int main(int argc, char **argv) {
+    unsigned long long c = 0; socklen_t l = sizeof c;
+    int fd = msocket(argv[1], AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) { printf("socket %s\n", strerrorname_np(errno)); return 0; }
+    getsockopt(fd, SOL_SOCKET, 71, &c, &l);
+    printf("socket %llu\n", c);
+    if (msocket("null", AF_INET, SOCK_DEFAULT, 0) < 0) { printf("default %d\n", errno); }
+    fd = socket(AF_INET, SOCK_DGRAM, 0);
+    printf("after %s\n", fd < 0 ? strerrorname_np(errno) : "ok");
+    return 0;
+}
+''')
+    binary = tmp_path / "m"
+    root = Path(__file__).resolve().parents[2]
+    run(["cc", "-I", str(root / "include"), "-o", str(binary), str(source)], check=True)
+    cp = mstack("native", str(binary), netns.name)
+    assert cp.stdout.split("\n")[:2] == [f"socket {netns.cookie}", "after EAFNOSUPPORT"]
+    outside = run([str(binary), netns.name])
+    assert outside.stdout.startswith("socket ENOSYS")
+    del host_cookie
+
+
+def test_unprivileged_target_may_name_only_stacks_of_its_tree(make_netns: object,
+                                                              tmp_path: Path) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    shared = Path(tempfile.mkdtemp(prefix="mstack-test-"))
+    shared.chmod(0o755)
+    probe = shared / "p.py"
+    probe.write_text(Path(PROBE).read_text())
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, str(probe)]
+    out = report(mstack("-o", "4", a.name, *drop, "explicit", a.path, b.path))
+    shutil.rmtree(shared)
+    assert out == {a.path: a.cookie, b.path: "EACCES", "plain": a.cookie}

@@ -7,7 +7,7 @@ BINDIR   ?= /usr/local/bin
 MANDIR   ?= /usr/local/share/man/man1
 INCDIR   ?= /usr/local/include
 APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
-            iproute2 iputils-ping iperf3 curl passt slirp4netns procps psmisc util-linux
+            iproute2 iputils-ping iperf3 curl passt slirp4netns nftables procps psmisc util-linux
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv build install demo test lint unit bench clean

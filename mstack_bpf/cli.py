@@ -93,3 +93,7 @@ def main() -> NoReturn:
             click.echo(f"mstack: hint: {e.hint}", err=True)
         sys.exit(e.exit_code)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 
-from mstack_bpf.factory import StackSockets
+from mstack_bpf.factory import SocketMaker, StackSockets
 from mstack_bpf.launcher import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux._ffi import SyscallError
@@ -51,6 +51,14 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(stream=sys.stderr, level=level, format="mstack supervisor: %(message)s")
 
 
+def _rootless_helper(ns_fd: int) -> SocketMaker:
+    """A process resident in a namespace we may not setns() into ourselves (a rootless
+    stack: it enters the owning user namespace first). It opens our fd through /proc."""
+    from mstack_bpf.stacks.helper import NetnsSocketHelper
+
+    return NetnsSocketHelper(f"/proc/{os.getpid()}/fd/{ns_fd}")
+
+
 def serve_forever(channel: socket.socket, config: RunConfig) -> None:
     keep = {channel.fileno(), *(s.fd for s in config.stacks)}
     if config.verbose:
@@ -73,7 +81,7 @@ def serve_forever(channel: socket.socket, config: RunConfig) -> None:
     except SyscallError as e:
         log.debug("no synchronous wake-ups: %s", e)
     supervisor = Supervisor(listener, Tables(config.mapping), StackRegistry(config.stacks),
-                            StackSockets())
+                            StackSockets(_rootless_helper))
     if config.verbose >= 2:
         supervisor.observers.append(lambda *a: log.info("%s", describe(*a)))
     channel.send(b"R")

@@ -90,7 +90,7 @@ def decode_socketcall(call: int, words: tuple[int, ...]) -> Call:
         return SocketCall(_s32(words[0]), _s32(words[1]), _s32(words[2]), from_memory=True)
     if call == SYS_SOCKETPAIR:
         return SocketPairCall(_s32(words[0]))
-    return OtherCall(I386.arch, I386.socketcall)
+    return OtherCall(I386.arch, call)
 
 
 def needs_full_credentials(family: int, sock_type: int, protocol: int) -> bool:

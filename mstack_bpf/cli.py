@@ -42,7 +42,7 @@ Exit status: COMMAND's; 125 mstack failed; 126 COMMAND not executable;
 """
 
 
-class FamilyList(click.ParamType):
+class FamilyList(click.ParamType):  # type: ignore[type-arg]
     name = "LIST"
 
     def convert(self, value: object, param: click.Parameter | None,

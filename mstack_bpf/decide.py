@@ -23,7 +23,6 @@ from mstack_bpf.calls import (
 from mstack_bpf.families import AF_MAX, ALL_FAMILIES
 from mstack_bpf.model import NATIVE, Mapping, Stack, StackKind
 
-
 AF_UNSPEC = 0
 
 

@@ -102,10 +102,7 @@ def apply_list(current: frozenset[int] | None, spec: str) -> frozenset[int]:
     for raw in items:
         item = raw.strip()
         sign = item[:1]
-        if sign in ("+", "-"):
-            families = parse_item(item[1:])
-        else:
-            families = parse_item(item)
+        families = parse_item(item[1:] if sign in ("+", "-") else item)
         if sign == "-":
             result -= families
         else:

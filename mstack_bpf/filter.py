@@ -185,7 +185,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
 
 
 def _family_switch(asm: Asm, label: str, actions: dict[int, int]) -> None:
-    """Return ``actions[family]``; family 0 and families ≥ AF_MAX go to the kernel's EAFNOSUPPORT."""
+    """Return ``actions[family]``; family 0 and families ≥ AF_MAX are left to the kernel
+    (which answers EAFNOSUPPORT)."""
     asm.label(label)
     values = set(actions.values())
     if len(values) == 1 and ALLOW in values:

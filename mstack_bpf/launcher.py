@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from mstack_bpf import nested
 from mstack_bpf.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
 from mstack_bpf.families import ALL_FAMILIES
 from mstack_bpf.filter import FilterSpec, compile_filter
-from mstack_bpf import nested
 from mstack_bpf.linux import prctl, seccomp
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.model import Mapping

@@ -72,17 +72,24 @@ class Mapping:
         )
 
     def describe(self) -> list[str]:
-        """One line per group of families sharing a stack, for ``-v``."""
+        """One line per group of families sharing a stack, for ``-v``; the largest group of
+        a long table reads "all other families"."""
         groups: dict[tuple[Stack, bool], list[int]] = {}
         for family in sorted(ALL_FAMILIES):
             key = (self.stack_of(family), family in self.locked)
             groups.setdefault(key, []).append(family)
+        largest = max(groups, key=lambda k: len(groups[k]))
         lines = []
         for (stack, locked), families in groups.items():
-            names = ",".join(family_name(f) for f in families)
             if len(families) == len(ALL_FAMILIES):
                 names = "all families"
+            elif (stack, locked) == largest and len(families) > 8:
+                names = "all other families"
+            else:
+                names = ",".join(family_name(f) for f in families)
+            where = stack.name
+            if stack.path and stack.path != stack.name:
+                where += f" ({stack.path})"
             lock = " (locked)" if locked else ""
-            where = f"{stack.name} ({stack.path})" if stack.path and stack.path != stack.name else stack.name
-            lines.append(f"{where}{lock}: {names}")
+            lines.append(f"{names} -> {where}{lock}")
         return lines

@@ -34,7 +34,7 @@ def _path(stack: Stack) -> str:
     if stack.kind is StackKind.NETNS:
         assert stack.path is not None
         return stack.path
-    return stack.kind.value
+    return str(stack.kind.value)
 
 
 def set_defaults(mapping: Mapping, chosen: frozenset[int]) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from mstack_bpf.filter import I386, MSOCKET_NR, SYS_SOCKET, SYS_SOCKETPAIR, X86_64
+from mstack_bpf.filter import (
+    I386,
+    MSOCKET_NR,
+    NR_IOCTL_X86_64,
+    SYS_SOCKET,
+    SYS_SOCKETPAIR,
+    X86_64,
+)
 
 SOCK_TYPE_MASK = 0xF
 SOCK_NONBLOCK = 0o4000
@@ -57,12 +64,21 @@ class MsocketCall:
 
 
 @dataclass(frozen=True)
+class IoctlCall:
+    """An interface *get* ioctl (``SIOCGIF*``) on descriptor ``fd``; ``argp`` in memory."""
+
+    fd: int
+    request: int
+    argp: int
+
+
+@dataclass(frozen=True)
 class OtherCall:
     arch: int
     nr: int
 
 
-Call = SocketCall | SocketPairCall | SocketcallCall | MsocketCall | OtherCall
+Call = SocketCall | SocketPairCall | SocketcallCall | MsocketCall | IoctlCall | OtherCall
 
 
 def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
@@ -70,6 +86,8 @@ def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
     if arch == X86_64.arch:
         if nr == MSOCKET_NR:
             return MsocketCall(args[0], _s32(args[1]), _s32(args[2]), _s32(args[3]))
+        if nr == NR_IOCTL_X86_64:
+            return IoctlCall(_s32(args[0]), args[1] & 0xFFFFFFFF, args[2])
         abi = X86_64
     elif arch == I386.arch:
         abi = I386

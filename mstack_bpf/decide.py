@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from mstack_bpf.calls import (
     SOCK_DEFAULT,
     Call,
+    IoctlCall,
     MsocketCall,
     OtherCall,
     SocketCall,
     SocketcallCall,
     SocketPairCall,
 )
-from mstack_bpf.families import AF_MAX, ALL_FAMILIES
+from mstack_bpf.families import AF_MAX, AF_NETLINK, ALL_FAMILIES
 from mstack_bpf.model import NATIVE, Mapping, Stack, StackKind
 
 AF_UNSPEC = 0
@@ -61,7 +62,15 @@ class Msocket:
     call: MsocketCall
 
 
-Decision = Continue | Fail | Create | ReadSocketcall | Msocket
+@dataclass(frozen=True)
+class InterfaceIoctl:
+    """Answer an interface ioctl from ``stack`` (native: the caller's own namespace)."""
+
+    stack: Stack
+    call: IoctlCall
+
+
+Decision = Continue | Fail | Create | ReadSocketcall | Msocket | InterfaceIoctl
 
 
 def stack_for(table: Mapping, family: int) -> Stack:
@@ -86,6 +95,13 @@ def decide(call: Call, table: Mapping) -> Decision:
             return ReadSocketcall(sub, argp)
         case MsocketCall():
             return Msocket(call)
+        case IoctlCall():
+            # As in VUOS: interface ioctls answer from the process's netlink stack, whatever
+            # socket they are issued on, so that they agree with what netlink shows.
+            netlink = table.stack_of(AF_NETLINK)
+            if netlink.kind is StackKind.NULL:
+                return Fail(errno.ENODEV)
+            return InterfaceIoctl(netlink, call)
         case OtherCall():
             return Fail(errno.ENOSYS)
     raise AssertionError(call)

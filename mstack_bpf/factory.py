@@ -12,6 +12,7 @@ import ctypes
 import errno
 import logging
 import os
+import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
@@ -54,6 +55,7 @@ class StackSockets:
         self._current: int | None = None  # inode of the namespace this thread is in
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory
+        self._ioctl_sockets: dict[int, socket.socket] = {}
 
     def target_creds(self, tid: int) -> Creds | None:
         """The target's credentials if they must be applied (read now: never cached)."""
@@ -87,7 +89,17 @@ class StackSockets:
             return nullcontext()
         return creds_mod.as_filesystem_user(target)
 
+    def ioctl_socket(self, ns_fd: int, ns_ino: int) -> socket.socket:
+        """A socket of ours inside namespace ``ns_ino``, for interface ioctls (cached)."""
+        sock = self._ioctl_sockets.get(ns_ino)
+        if sock is None:
+            fd = self.make(ns_fd, ns_ino, socket.AF_UNIX, socket.SOCK_DGRAM, 0, None)
+            sock = self._ioctl_sockets[ns_ino] = socket.socket(fileno=fd)
+        return sock
+
     def close(self) -> None:
+        for sock in self._ioctl_sockets.values():
+            sock.close()
         for helper in self._helpers.values():
             helper.close()
         self._helpers.clear()

@@ -14,7 +14,7 @@ import errno
 from dataclasses import dataclass
 
 from mstack_bpf.bpfasm import OFF_ARCH, OFF_NR, Asm, off_arg_low
-from mstack_bpf.families import AF_MAX, ALL_FAMILIES
+from mstack_bpf.families import AF_MAX, AF_NETLINK, ALL_FAMILIES
 from mstack_bpf.linux.seccomp import (
     AUDIT_ARCH_I386,
     AUDIT_ARCH_X86_64,
@@ -55,6 +55,25 @@ class Abi:
 
 
 X86_64 = Abi(AUDIT_ARCH_X86_64, 41, 53, None, 425, 317, 272, 56, 435, 308, 101, 438, 311)
+NR_IOCTL_X86_64 = 16
+
+#: the interface *get* requests in 0x8910–0x8947 (linux/sockios.h) answered from the netlink
+#: stack; per-socket requests and every SIOCSIF* set go to the kernel untouched
+INTERFACE_GETS = frozenset({
+    0x8910,  # SIOCGIFNAME
+    0x8912,  # SIOCGIFCONF
+    0x8913,  # SIOCGIFFLAGS
+    0x8915,  # SIOCGIFADDR
+    0x8917,  # SIOCGIFDSTADDR
+    0x8919,  # SIOCGIFBRDADDR
+    0x891B,  # SIOCGIFNETMASK
+    0x891D,  # SIOCGIFMETRIC
+    0x8921,  # SIOCGIFMTU
+    0x8927,  # SIOCGIFHWADDR
+    0x8933,  # SIOCGIFINDEX
+    0x8935,  # SIOCGIFPFLAGS
+    0x8942,  # SIOCGIFTXQLEN
+})
 I386 = Abi(AUDIT_ARCH_I386, 359, 360, 102, 425, 354, 310, 120, 435, 346, 26, 438, 348)
 
 ALLOW = SECCOMP_RET_ALLOW
@@ -77,6 +96,7 @@ class FilterSpec:
     supervised: bool              # a listener exists
     lock_any: bool                # some family is locked: refuse the escapes
     lock_native: bool             # some locked family is native: refuse new netns
+    ioctl: int = ALLOW            # return for interface get ioctls (see INTERFACE_GETS)
 
     @staticmethod
     def from_mapping(mapping: Mapping) -> FilterSpec:
@@ -105,6 +125,7 @@ class FilterSpec:
             lock_native=any(
                 mapping.stack_of(f).kind is StackKind.NATIVE for f in mapping.locked
             ),
+            ioctl=_ioctl_action(mapping),
         )
 
 
@@ -133,6 +154,16 @@ class FilterSpec:
         )
 
 
+def _ioctl_action(mapping: Mapping) -> int:
+    """Interface ioctls answer from the process's netlink stack (as in VUOS)."""
+    netlink = mapping.stack_of(AF_NETLINK)
+    if AF_NETLINK in mapping.locked and netlink.kind is StackKind.NATIVE:
+        return ALLOW
+    if AF_NETLINK in mapping.locked and netlink.kind is StackKind.NULL:
+        return errno_ret(errno.ENODEV)
+    return NOTIFY
+
+
 def compile_filter(spec: FilterSpec) -> list[Instruction]:
     """The classic BPF program for ``spec``, for x86_64 and i386 (``int 0x80``) callers."""
     asm = Asm()
@@ -157,6 +188,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     if abi.socketcall is not None:
         asm.jump_far(abi.socketcall, f"{p}.socketcall")
     asm.jeq(abi.io_uring_setup, f"{p}.io_uring")
+    if abi is X86_64 and spec.ioctl != ALLOW:
+        asm.jump_far(NR_IOCTL_X86_64, f"{p}.ioctl")
     if spec.lock_any:
         asm.jump_far(abi.seccomp, f"{p}.seccomp")
         asm.jump_far(abi.ptrace, f"{p}.ptrace")
@@ -173,6 +206,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     asm.label(f"{p}.io_uring")
     asm.ret(spec.io_uring)
     _family_switch(asm, f"{p}.socket", spec.socket)
+    if abi is X86_64 and spec.ioctl != ALLOW:
+        _interface_ioctls(asm, p, spec.ioctl)
     _family_switch(asm, f"{p}.socketpair", spec.socketpair)
     if abi.socketcall is not None:
         _socketcall(asm, p, spec)
@@ -210,6 +245,16 @@ def _family_switch(asm: Asm, label: str, actions: dict[int, int]) -> None:
         asm.ret(value)
     asm.label(f"{label}.allow")
     asm.ret(ALLOW)
+
+
+def _interface_ioctls(asm: Asm, p: str, action: int) -> None:
+    asm.label(f"{p}.ioctl")
+    asm.load(off_arg_low(1))
+    for request in sorted(INTERFACE_GETS):
+        asm.jeq(request, f"{p}.ioctl.get")
+    asm.ret(ALLOW)
+    asm.label(f"{p}.ioctl.get")
+    asm.ret(action)
 
 
 def _socketcall(asm: Asm, p: str, spec: FilterSpec) -> None:

@@ -14,12 +14,14 @@ import select
 import struct
 from collections.abc import Callable
 
+from mstack_bpf import ifioctl
 from mstack_bpf.calls import SOCK_CLOEXEC, MsocketCall, decode, decode_socketcall
 from mstack_bpf.decide import (
     Continue,
     Create,
     Decision,
     Fail,
+    InterfaceIoctl,
     Msocket,
     ReadSocketcall,
     SetDefault,
@@ -114,7 +116,24 @@ class Supervisor:
                 return self._create(nid, tid, decision)
             case SetDefault():
                 return self._set_default(nid, tid, decision)
+            case InterfaceIoctl():
+                return self._interface_ioctl(nid, tid, decision)
         raise AssertionError(decision)
+
+    def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> int:
+        if not ifioctl.is_socket(tid, d.call.fd):
+            self._reply(nid, error=-errno.ENOTTY)  # what these requests get on other files
+            return -errno.ENOTTY
+        ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
+        try:
+            sock = self.sockets.ioctl_socket(ns_fd, ns_ino)
+        finally:
+            if temporary:
+                os.close(ns_fd)
+        value = ifioctl.answer(tid, sock, d.call.request, d.call.argp,
+                               lambda: self.listener.id_valid(nid))
+        self._reply(nid, val=value)
+        return value
 
     def _msocket(self, nid: int, tid: int, call: MsocketCall) -> Outcome:
         """Read the path once, decide on that copy, and only if the caller is still there."""
@@ -177,9 +196,9 @@ class Supervisor:
         finally:
             os.close(fd)
 
-    def _reply(self, nid: int, error: int = 0, cont: bool = False) -> None:
+    def _reply(self, nid: int, error: int = 0, cont: bool = False, val: int = 0) -> None:
         try:
-            self.listener.send(nid, error=error, cont=cont)
+            self.listener.send(nid, val=val, error=error, cont=cont)
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise

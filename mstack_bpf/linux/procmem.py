@@ -8,6 +8,7 @@ import errno
 from mstack_bpf.linux._ffi import SyscallError, syscall
 
 NR_process_vm_readv = 310
+NR_process_vm_writev = 311
 
 
 class _Iovec(ctypes.Structure):
@@ -39,3 +40,14 @@ def read_string(pid: int, address: int, limit: int = 4096) -> bytes:
         out += data
     raise SyscallError(errno.ENAMETOOLONG if len(out) >= limit else errno.EFAULT,
                        "process_vm_readv")
+
+
+def write(pid: int, address: int, data: bytes) -> None:
+    """Write ``data`` at ``address`` in ``pid``; EFAULT if it did not all land."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _Iovec(ctypes.addressof(buf), len(data))
+    remote = _Iovec(address, len(data))
+    done = syscall(NR_process_vm_writev, pid, ctypes.addressof(local), 1,
+                   ctypes.addressof(remote), 1, 0, call="process_vm_writev")
+    if done != len(data):
+        raise SyscallError(errno.EFAULT, "process_vm_writev")

@@ -1,0 +1,403 @@
+"""Policy files (mstack-policy(5)): TOML that names stacks, maps families and locks them.
+
+Parsing is pure apart from reading the file: stack names stay unresolved until run time,
+when :func:`open_policy` resolves them (:func:`mstack_bpf.resolve.resolve`) and an unusable
+stack fails with its ``FILE:LINE``. Every error is collected, never just the first, as
+``FILE:LINE: message`` (DESIGN.md §5 "Policies"). tomllib gives no line numbers for keys and
+only the first syntax error, so key lines come from scanning the source text
+(:class:`_Lines`).
+
+Precedence: ``all`` in ``[families]`` is the default for families no other key names; any
+other key (a family or a group such as ``ip``) is a mapping, and a family that two mappings
+name is an error ("mapped twice"). Families neither mapped nor covered by ``all`` are native.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mstack_bpf.errors import StackError, UsageError
+from mstack_bpf.families import ALL_FAMILIES, FamilyListError, family_name, parse_item
+from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.resolve import OpenStack, open_stack, resolve
+
+_RESERVED = {"null": NULL, "native": NATIVE}
+_TOP_KEYS = ("description", "stacks", "families", "lock", "msocket", "options")
+_SECTION_KEYS = {"lock": ("families",), "msocket": ("allow",), "options": ("no_new_privs",)}
+_STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class PolicyError(UsageError):
+    """A policy file that cannot be used; ``errors`` are ``FILE:LINE: message`` lines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class StackDef:
+    """One ``[stacks]`` entry: the policy's ``name`` for ``ref`` (a bare NAME or a path)."""
+
+    name: str
+    ref: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy. ``mapping``'s namespace stacks are unresolved: ``Stack(NETNS, name)``
+    with ``path=None``; :func:`open_policy` turns them into open namespaces."""
+
+    source: str
+    mapping: Mapping
+    stacks: tuple[StackDef, ...] = ()
+    no_new_privs: bool = False
+    description: str = ""
+
+    def stack_def(self, name: str) -> StackDef:
+        return next(d for d in self.stacks if d.name == name)
+
+
+# --- source lines -------------------------------------------------------------------------
+
+_PART = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*""")
+_HEADER = re.compile(r"""\s*\[(?!\[)((?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\]"'])*)\]\s*(?:#.*)?$""")
+
+
+def _key_path(text: str) -> tuple[tuple[str, ...], str] | None:
+    """The dotted key at the start of ``text`` and the rest after it, or None."""
+    parts: list[str] = []
+    pos = 0
+    while (m := _PART.match(text, pos)) is not None:
+        token = m.group(1)
+        parts.append(tomllib.loads(f"k = {token}")["k"] if token[0] in "\"'" else token)
+        pos = m.end()
+        if not text.startswith(".", pos):
+            return tuple(parts), text[pos:]
+        pos += 1
+    return None
+
+
+class _Lines:
+    """Line numbers of tables, keys and array items, found by scanning the TOML text."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.where: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        in_string = False
+        for number, line in enumerate(self.lines, 1):
+            was_in_string = in_string
+            in_string ^= (line.count('"""') + line.count("'''")) % 2 == 1
+            if was_in_string:
+                continue
+            header = _HEADER.match(line)
+            parsed = _key_path(header.group(1)) if header else None
+            if parsed is not None and not parsed[1].strip():
+                table = parsed[0]
+                self.where.setdefault(table, number)
+                continue
+            key = _key_path(line)
+            if key is not None and key[1].startswith("="):
+                for end in range(1, len(key[0]) + 1):  # a.b = 1 also defines a
+                    self.where.setdefault(table + key[0][:end], number)
+
+    def of(self, *path: str) -> int:
+        """The line of ``path``, else of its nearest enclosing table or key, else 1."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.where:
+                return self.where[path[:end]]
+        return 1
+
+    def of_item(self, item: str, *path: str) -> int:
+        """The line of array ``path`` holding the string ``item`` (multi-line arrays)."""
+        start = self.of(*path)
+        quoted = (f'"{item}"', f"'{item}'")
+        for number in range(start, min(start + 200, len(self.lines)) + 1):
+            text = self.lines[number - 1]
+            if number > start and (_HEADER.match(text) or re.match(r"\s*[\w\"'.-]+\s*=", text)):
+                break
+            if any(q in text for q in quoted):
+                return number
+        return start
+
+
+def _type_name(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parser:
+    source: str
+    lines: _Lines
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def error(self, line: int, message: str) -> None:
+        self.errors.append((line, message))
+
+    def table(self, doc: dict[str, object], name: str) -> dict[str, object]:
+        value = doc.get(name, {})
+        if isinstance(value, dict):
+            return value
+        self.error(self.lines.of(name), f"{name} must be a table, not {_type_name(value)}")
+        return {}
+
+    def unknown_keys(self, doc: dict[str, object]) -> None:
+        for key, value in doc.items():
+            if key not in _TOP_KEYS:
+                what = "table" if isinstance(value, dict) else "key"
+                self.error(self.lines.of(key), f"unknown {what} {key!r} (known: "
+                           + ", ".join(_TOP_KEYS) + ")")
+        for section, known in _SECTION_KEYS.items():
+            for key in self.table(doc, section):
+                if key not in known:
+                    self.error(self.lines.of(section, key), f"[{section}] unknown key {key!r}"
+                               f" (known: {', '.join(known)})")
+
+    def stacks(self, table: dict[str, object]) -> dict[str, StackDef]:
+        defs: dict[str, StackDef] = {}
+        for name, ref in table.items():
+            line = self.lines.of("stacks", name)
+            where = f"[stacks] {name}"
+            if name in _RESERVED:
+                self.error(line, f"{where}: {name!r} is built in and cannot be redefined")
+            elif not _STACK_NAME.fullmatch(name):
+                self.error(line, f"{where}: a stack name is letters, digits, '_', '-', '.'")
+            elif not isinstance(ref, str):
+                self.error(line, f"{where}: must be a string, not {_type_name(ref)}")
+            elif not ref:
+                self.error(line, f"{where}: empty stack reference")
+            elif ref in _RESERVED or ref.removeprefix("/dev/net/") in _RESERVED:
+                self.error(line, f"{where}: {ref!r} is built in: use it in [families] directly")
+            elif "/" in ref and not ref.startswith("/"):
+                self.error(line, f"{where}: relative path {ref!r}: write it absolute")
+            else:
+                defs[name] = StackDef(name, ref, line)
+        return defs
+
+    def stack_value(self, value: object, where: str, line: int,
+                    defs: dict[str, StackDef]) -> Stack | None:
+        if not isinstance(value, str):
+            self.error(line, f"{where}: a stack name must be a string, not {_type_name(value)}")
+            return None
+        if value in _RESERVED:
+            return _RESERVED[value]
+        if value in defs:
+            return Stack(StackKind.NETNS, value)
+        hint = " (paths go in [stacks])" if "/" in value else " (define it in [stacks])"
+        self.error(line, f"{where}: undefined stack {value!r}{hint}")
+        return None
+
+    def families(self, table: dict[str, object], defs: dict[str, StackDef],
+                 locked: frozenset[int]) -> dict[int, Stack]:
+        table_out = dict.fromkeys(ALL_FAMILIES, NATIVE)
+        default: tuple[str, Stack] | None = None
+        owner: dict[int, str] = {}
+        for key, value in table.items():
+            line = self.lines.of("families", key)
+            where = f"[families] {key}"
+            stack = self.stack_value(value, where, line, defs)
+            if key.strip().lower() == "all":
+                if default is not None:
+                    self.error(line, f"{where}: default given twice (also {default[0]!r})")
+                elif stack is not None:
+                    default = key, stack
+                continue
+            chosen = self.family_item(key, where, line)
+            twice = sorted(f for f in chosen if f in owner)
+            for other in dict.fromkeys(owner[f] for f in twice):
+                both = [f for f in twice if owner[f] == other]
+                lock = " locked and" if locked & set(both) else ""
+                self.error(line, f"{where}: {','.join(family_name(f) for f in both)}{lock}"
+                           f" mapped twice (also by {other!r}"
+                           f" at line {self.lines.of('families', other)})")
+            for family in chosen - owner.keys():
+                owner[family] = key
+                if stack is not None:
+                    table_out[family] = stack
+        if default is not None:
+            table_out.update(dict.fromkeys(ALL_FAMILIES - owner.keys(), default[1]))
+        return table_out
+
+    def family_item(self, item: str, where: str, line: int) -> frozenset[int]:
+        try:
+            return parse_item(item)
+        except FamilyListError as e:
+            self.error(line, f"{where}: {e.reason}: {e.item!r}")
+            return frozenset()
+
+    def string_list(self, value: object, path: tuple[str, str]) -> Iterator[tuple[str, int]]:
+        """The items of a string or an array of strings, each with its line."""
+        line = self.lines.of(*path)
+        where = f"[{path[0]}] {path[1]}"
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            self.error(line, f"{where}: must be an array of strings, not {_type_name(value)}")
+            return
+        for item in items:
+            if isinstance(item, str):
+                yield item, self.lines.of_item(item, *path)
+            else:
+                self.error(line, f"{where}: items must be strings, not {_type_name(item)}")
+
+    def lock(self, table: dict[str, object]) -> frozenset[int]:
+        """``families`` of ``[lock]``: true/false, or ``-o`` items with their own signs."""
+        value = table.get("families", False)
+        if isinstance(value, bool):
+            return ALL_FAMILIES if value else frozenset()
+        path = ("lock", "families")
+        result: set[int] | None = None
+        for item, line in self.string_list(value, path):
+            text = item.strip()
+            sign = text[:1] if text[:1] in "+-" else ""
+            if result is None:
+                result = set(ALL_FAMILIES) if sign == "-" else set()
+            chosen = self.family_item(text[len(sign):], "[lock] families", line)
+            result = result - chosen if sign == "-" else result | chosen
+        return frozenset(result or ())
+
+    def allow(self, table: dict[str, object], defs: dict[str, StackDef]) -> tuple[Stack, ...]:
+        allowed: dict[Stack, None] = {}
+        for name, line in self.string_list(table.get("allow", []), ("msocket", "allow")):
+            where = "[msocket] allow"
+            if name in _RESERVED:
+                self.error(line, f"{where}: {name!r} is built in: msocket may always name it")
+            elif (stack := self.stack_value(name, where, line, defs)) is not None:
+                allowed.setdefault(stack)
+        return tuple(allowed)
+
+    def options(self, doc: dict[str, object]) -> tuple[bool, str]:
+        nnp = self.table(doc, "options").get("no_new_privs", False)
+        if not isinstance(nnp, bool):
+            self.error(self.lines.of("options", "no_new_privs"),
+                       f"[options] no_new_privs must be true or false, not {_type_name(nnp)}")
+            nnp = False
+        description = doc.get("description", "")
+        if not isinstance(description, str):
+            self.error(self.lines.of("description"),
+                       f"description must be a string, not {_type_name(description)}")
+            description = ""
+        return nnp, description
+
+
+def _syntax_error(source: str, text: str, e: tomllib.TOMLDecodeError) -> str:
+    message = str(e)
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if m is not None:
+        return f"{source}:{m.group(1)}: TOML syntax: {message[:m.start()]} (column {m.group(2)})"
+    m = re.search(r"\s*\(at end of document\)$", message)
+    line = max(1, len(text.splitlines()))
+    return f"{source}:{line}: TOML syntax: {message[:m.start()] if m else message}"
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """The policy in ``text`` (read from ``source``); raises :class:`PolicyError`."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError([_syntax_error(source, text, e)]) from None
+    p = _Parser(source, _Lines(text))
+    p.unknown_keys(doc)
+    defs = p.stacks(p.table(doc, "stacks"))
+    locked = p.lock(p.table(doc, "lock"))
+    table = p.families(p.table(doc, "families"), defs, locked)
+    allowed = p.allow(p.table(doc, "msocket"), defs)
+    no_new_privs, description = p.options(doc)
+    if p.errors:
+        p.errors.sort(key=lambda e: e[0])
+        raise PolicyError([f"{source}:{line}: {message}" for line, message in p.errors])
+    return Policy(source, Mapping(table, locked, allowed), tuple(defs.values()),
+                  no_new_privs, description)
+
+
+def load_policy(path: str) -> Policy:
+    """Read and parse the policy file ``path``; raises :class:`PolicyError` with every error.
+
+    A file that cannot be read has no line: its error is ``FILE: message``.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PolicyError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PolicyError([f"{path}:{line}: not UTF-8 text"]) from None
+    return parse_policy(text, path)
+
+
+def check_policy(path: str) -> list[str]:
+    """Every error of the policy file ``path`` that does not depend on the running system."""
+    try:
+        load_policy(path)
+    except PolicyError as e:
+        return e.errors
+    return []
+
+
+# --- run time -----------------------------------------------------------------------------
+
+
+def _open_def(policy: Policy, d: StackDef) -> OpenStack:
+    """Resolve and open one stack; StackError names the policy's ``FILE:LINE``."""
+    try:
+        found = resolve(d.ref)
+        return open_stack(Stack(StackKind.NETNS, d.name, found.path))
+    except StackError as e:
+        raise StackError(f"{policy.source}:{d.line}: stack {d.name}: {e}",
+                         hint=f"check every stack with: mstack --check-policy {policy.source}"
+                         ) from None
+
+
+def check_stacks(policy: Policy) -> list[str]:
+    """``FILE:LINE: stack NAME: reason`` for each defined stack that is missing or not a
+    network namespace on this system now."""
+    errors = []
+    for d in policy.stacks:
+        try:
+            opened = _open_def(policy, d)
+        except StackError as e:
+            errors.append(str(e))
+        else:
+            os.close(opened.fd)
+    return errors
+
+
+def open_policy(policy: Policy) -> tuple[Mapping, tuple[OpenStack, ...]]:
+    """The policy's mapping with its stacks resolved, and each used stack held open.
+
+    Raises :class:`StackError` (exit 125) naming the ``FILE:LINE`` of the first unusable
+    stack; no fd is left open then.
+    """
+    used = {s.name for s in policy.mapping.netns_stacks()}
+    opened: dict[str, OpenStack] = {}
+    try:
+        for d in policy.stacks:
+            if d.name in used:
+                opened[d.name] = _open_def(policy, d)
+    except StackError:
+        for o in opened.values():
+            with contextlib.suppress(OSError):
+                os.close(o.fd)
+        raise
+
+    def real(stack: Stack) -> Stack:
+        return opened[stack.name].stack if stack.kind is StackKind.NETNS else stack
+
+    m = policy.mapping
+    table = {family: real(stack) for family, stack in m.table.items()}
+    mapping = Mapping(table, m.locked, tuple(real(s) for s in m.allowed))
+    return mapping, tuple(opened[s.name] for s in m.netns_stacks())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from tests.conftest import BIN, HELPERS, Netns, mstack, needs_root, run

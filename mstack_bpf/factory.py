@@ -81,10 +81,13 @@ class StackSockets:
 
     def _credentials(self, target: Creds | None, family: int, sock_type: int,
                      protocol: int) -> AbstractContextManager[None]:
-        if target is None or _same(target, self.own):
+        if target is None:
             return nullcontext()
         if needs_full_credentials(family, sock_type, protocol):
+            if _same(target, self.own):
+                return nullcontext()
             return creds_mod.as_target(target, self.own)
+        # TCP, UDP, UNIX, netlink: the creator's credentials only name the owner.
         if target.uids[3] == self.own.uids[3] and target.gids[3] == self.own.gids[3]:
             return nullcontext()
         return creds_mod.as_filesystem_user(target)
@@ -106,8 +109,10 @@ class StackSockets:
 
 
 def _same(a: Creds, b: Creds) -> bool:
-    return (a.uids, a.gids, a.groups, a.cap_eff, a.userns) == (
-        b.uids, b.gids, b.groups, b.cap_eff, b.userns)
+    """Same credentials, capabilities included; the user namespace is compared last (a stat):
+    capabilities held in a child user namespace mean nothing in ours."""
+    return (a.uids, a.gids, a.groups, a.cap_eff) == (b.uids, b.gids, b.groups, b.cap_eff) and (
+        a.userns == b.userns)
 
 
 def open_task_netns(tid: int) -> tuple[int, int]:

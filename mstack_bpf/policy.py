@@ -207,14 +207,15 @@ class _Parser:
         for key, value in table.items():
             line = self.lines.of("families", key)
             where = f"[families] {key}"
+            is_default = key.strip().lower() == "all"
+            chosen = frozenset() if is_default else self.family_item(key, where, line)
             stack = self.stack_value(value, where, line, defs)
-            if key.strip().lower() == "all":
+            if is_default:
                 if default is not None:
                     self.error(line, f"{where}: default given twice (also {default[0]!r})")
                 elif stack is not None:
                     default = key, stack
                 continue
-            chosen = self.family_item(key, where, line)
             twice = sorted(f for f in chosen if f in owner)
             for other in dict.fromkeys(owner[f] for f in twice):
                 both = [f for f in twice if owner[f] == other]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,31 +37,73 @@ class Creds:
     groups: tuple[int, ...]
     cap_eff: int
     cap_prm: int
-    userns: int  # inode of the thread's user namespace
+    tid: int = 0
+
+    @property
+    def userns(self) -> int:
+        """Inode of the thread's user namespace (read when asked: it costs a stat)."""
+        return os.stat(f"/proc/{self.tid}/ns/user").st_ino
+
+
+_FIELDS = (b"\nUid:", b"\nGid:", b"\nGroups:", b"\nCapPrm:", b"\nCapEff:")
+
+
+class _StatusFiles:
+    """Open ``/proc/TID/status`` files, re-read with pread at every call.
+
+    The content is generated at each read, so nothing is cached but the open file; a file
+    whose task has gone (or whose pid was reused) fails with ESRCH and is reopened.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._size = size
+
+    def read(self, tid: int) -> bytes:
+        fd = self._fds.pop(tid, None)
+        if fd is not None:
+            try:
+                data = os.pread(fd, 4096, 0)
+            except OSError:
+                os.close(fd)
+                fd = None
+        if fd is None:
+            fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.pread(fd, 4096, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._fds[tid] = fd
+        if len(self._fds) > self._size:
+            os.close(self._fds.popitem(last=False)[1])
+        return data
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+_status = _StatusFiles()
 
 
 def read_creds(tid: int) -> Creds:
-    """Credentials of thread ``tid``; raises ``OSError`` (ENOENT) if it is gone."""
-    fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        text = os.read(fd, 8192)
-    finally:
-        os.close(fd)
-    fields: dict[bytes, bytes] = {}
-    for line in text.split(b"\n"):
-        key, _, value = line.partition(b":")
-        if key in (b"Uid", b"Gid", b"Groups", b"CapEff", b"CapPrm"):
-            fields[key] = value
-    uids = tuple(int(x) for x in fields[b"Uid"].split())
-    gids = tuple(int(x) for x in fields[b"Gid"].split())
-    userns = os.stat(f"/proc/{tid}/ns/user").st_ino
+    """Credentials of thread ``tid``, read now; raises ``OSError`` (ENOENT, ESRCH) if gone."""
+    text = _status.read(tid)
+    values = []
+    for key in _FIELDS:
+        start = text.index(key) + len(key)
+        values.append(text[start:text.index(b"\n", start)])
+    uids = [int(x) for x in values[0].split()]
+    gids = [int(x) for x in values[1].split()]
     return Creds(
         uids=(uids[0], uids[1], uids[2], uids[3]),
         gids=(gids[0], gids[1], gids[2], gids[3]),
-        groups=tuple(int(x) for x in fields[b"Groups"].split()),
-        cap_eff=int(fields[b"CapEff"], 16),
-        cap_prm=int(fields[b"CapPrm"], 16),
-        userns=userns,
+        groups=tuple(int(x) for x in values[2].split()),
+        cap_prm=int(values[3], 16),
+        cap_eff=int(values[4], 16),
+        tid=tid,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from mstack_bpf.filter import (
     I386,
     MSOCKET_NR,
+    NR_IOCTL_I386,
     NR_IOCTL_X86_64,
     SYS_SOCKET,
     SYS_SOCKETPAIR,
@@ -15,6 +16,7 @@ from mstack_bpf.filter import (
 )
 
 SOCK_TYPE_MASK = 0xF
+SOCK_PACKET = 10
 SOCK_NONBLOCK = 0o4000
 SOCK_CLOEXEC = 0o2000000
 SOCK_DEFAULT = 0  # msocket(2): set the default stack instead of creating a socket
@@ -43,6 +45,7 @@ class SocketCall:
 @dataclass(frozen=True)
 class SocketPairCall:
     family: int
+    from_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class IoctlCall:
     fd: int
     request: int
     argp: int
+    compat: bool = False  # from i386 code: 32-byte ifreq, 32-bit pointers
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
         abi = I386
         if nr == I386.socketcall:
             return SocketcallCall(_s32(args[0]), args[1] & 0xFFFFFFFF)
+        if nr == NR_IOCTL_I386:
+            return IoctlCall(_s32(args[0]), args[1] & 0xFFFFFFFF, args[2] & 0xFFFFFFFF, True)
     else:
         return OtherCall(arch, nr)
     if nr == abi.socket:
@@ -107,21 +113,29 @@ def decode_socketcall(call: int, words: tuple[int, ...]) -> Call:
     if call == SYS_SOCKET:
         return SocketCall(_s32(words[0]), _s32(words[1]), _s32(words[2]), from_memory=True)
     if call == SYS_SOCKETPAIR:
-        return SocketPairCall(_s32(words[0]))
+        return SocketPairCall(_s32(words[0]), from_memory=True)
     return OtherCall(I386.arch, call)
+
+
+def effective_family(family: int, sock_type: int) -> int:
+    """The family the kernel really makes: ``socket(AF_INET, SOCK_PACKET)`` is AF_PACKET."""
+    if family == socket.AF_INET and sock_type & SOCK_TYPE_MASK == SOCK_PACKET:
+        return socket.AF_PACKET
+    return family
 
 
 def needs_full_credentials(family: int, sock_type: int, protocol: int) -> bool:
     """Whether creating this socket checks more than the owner (capabilities, groups).
 
-    TCP, UDP, UNIX and netlink sockets only record their owner at creation; raw, packet,
-    ICMP ("ping") and every other family may check capabilities or groups.
+    Only TCP, UDP and SCTP-style sockets of AF_INET/AF_INET6, UNIX and netlink sockets merely
+    record their owner at creation; raw, packet (SOCK_PACKET included), ICMP ("ping") and
+    every other family may check capabilities or groups, and take the full switch.
     """
     if family in (socket.AF_UNIX, socket.AF_NETLINK):
         return False
     if family in (socket.AF_INET, socket.AF_INET6):
         base = sock_type & SOCK_TYPE_MASK
-        if base == socket.SOCK_RAW:
+        if base not in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
             return True
         return protocol in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
     return True

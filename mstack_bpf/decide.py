@@ -20,6 +20,7 @@ from mstack_bpf.calls import (
     SocketCall,
     SocketcallCall,
     SocketPairCall,
+    effective_family,
 )
 from mstack_bpf.families import AF_MAX, AF_NETLINK, ALL_FAMILIES
 from mstack_bpf.model import NATIVE, Mapping, Stack, StackKind
@@ -79,8 +80,8 @@ def stack_for(table: Mapping, family: int) -> Stack:
 
 def decide(call: Call, table: Mapping) -> Decision:
     match call:
-        case SocketCall(family=family):
-            stack = stack_for(table, family)
+        case SocketCall(family=family, type=sock_type):
+            stack = stack_for(table, effective_family(family, sock_type))
             if stack.kind is StackKind.NULL:
                 return Fail(errno.EAFNOSUPPORT)
             if stack.kind is StackKind.NATIVE and not call.from_memory:
@@ -88,6 +89,11 @@ def decide(call: Call, table: Mapping) -> Decision:
             return Create(stack, call.family, call.type, call.protocol)
         case SocketPairCall(family=family):
             if stack_for(table, family).kind is StackKind.NULL:
+                return Fail(errno.EAFNOSUPPORT)
+            if call.from_memory and any(
+                    table.stack_of(f).kind is StackKind.NULL for f in ALL_FAMILIES):
+                # The kernel would read the family again: another thread could swap in a
+                # null one between our read and its. Refuse rather than CONTINUE.
                 return Fail(errno.EAFNOSUPPORT)
             # A pair reaches no network: the kernel makes it in the caller's namespace.
             return Continue()
@@ -137,9 +143,10 @@ def decide_msocket(call: MsocketCall, table: Mapping, named: Stack | None) -> De
         if named is None:
             return Fail(errno.EINVAL)
         return SetDefault(families, named)
-    default = stack_for(table, call.family)
+    family = effective_family(call.family, call.type)
+    default = stack_for(table, family)
     stack = default if named is None else named
-    if call.family in table.locked and not same_stack(stack, default):
+    if family in table.locked and not same_stack(stack, default):
         return Fail(errno.EPERM)
     if stack.kind is StackKind.NULL:
         return Fail(errno.EAFNOSUPPORT)

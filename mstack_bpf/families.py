@@ -80,7 +80,7 @@ def parse_item(item: str) -> frozenset[int]:
         return _GROUPS[text]
     if text.startswith("#"):
         digits = text[1:]
-        if not digits.isdecimal():
+        if not (digits.isascii() and digits.isdigit()):
             raise FamilyListError(item, "not a family number")
         number = int(digits)
         if not 1 <= number < AF_MAX:
@@ -102,6 +102,8 @@ def apply_list(current: frozenset[int] | None, spec: str) -> frozenset[int]:
     for raw in items:
         item = raw.strip()
         sign = item[:1]
+        if sign in ("+", "-") and not item[1:].strip():
+            raise FamilyListError(item, "a sign without a family")
         families = parse_item(item[1:] if sign in ("+", "-") else item)
         if sign == "-":
             result -= families

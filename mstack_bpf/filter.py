@@ -14,7 +14,7 @@ import errno
 from dataclasses import dataclass
 
 from mstack_bpf.bpfasm import OFF_ARCH, OFF_NR, Asm, off_arg_low
-from mstack_bpf.families import AF_MAX, AF_NETLINK, ALL_FAMILIES
+from mstack_bpf.families import AF_INET, AF_MAX, AF_NETLINK, AF_PACKET, ALL_FAMILIES
 from mstack_bpf.linux.seccomp import (
     AUDIT_ARCH_I386,
     AUDIT_ARCH_X86_64,
@@ -31,6 +31,8 @@ MSOCKET_NR = -5 & 0xFFFFFFFF
 X32_SYSCALL_BIT = 0x40000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+SOCK_TYPE_MASK = 0xF
+SOCK_PACKET = 10  # obsolete: socket(AF_INET, SOCK_PACKET) is an AF_PACKET socket
 SYS_SOCKET = 1  # socketcall(2) call numbers, linux/net.h
 SYS_SOCKETPAIR = 8
 
@@ -56,6 +58,7 @@ class Abi:
 
 X86_64 = Abi(AUDIT_ARCH_X86_64, 41, 53, None, 425, 317, 272, 56, 435, 308, 101, 438, 311)
 NR_IOCTL_X86_64 = 16
+NR_IOCTL_I386 = 54
 
 #: the interface *get* requests in 0x8910–0x8947 (linux/sockios.h) answered from the netlink
 #: stack; per-socket requests and every SIOCSIF* set go to the kernel untouched
@@ -73,6 +76,7 @@ INTERFACE_GETS = frozenset({
     0x8933,  # SIOCGIFINDEX
     0x8935,  # SIOCGIFPFLAGS
     0x8942,  # SIOCGIFTXQLEN
+    0x8947,  # SIOCGMIIPHY
 })
 I386 = Abi(AUDIT_ARCH_I386, 359, 360, 102, 425, 354, 310, 120, 435, 346, 26, 438, 348)
 
@@ -188,8 +192,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     if abi.socketcall is not None:
         asm.jump_far(abi.socketcall, f"{p}.socketcall")
     asm.jeq(abi.io_uring_setup, f"{p}.io_uring")
-    if abi is X86_64 and spec.ioctl != ALLOW:
-        asm.jump_far(NR_IOCTL_X86_64, f"{p}.ioctl")
+    if spec.ioctl != ALLOW:
+        asm.jump_far(NR_IOCTL_X86_64 if abi is X86_64 else NR_IOCTL_I386, f"{p}.ioctl")
     if spec.lock_any:
         asm.jump_far(abi.seccomp, f"{p}.seccomp")
         asm.jump_far(abi.ptrace, f"{p}.ptrace")
@@ -205,8 +209,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     asm.ret(spec.msocket if abi is X86_64 else errno_ret(errno.ENOSYS))
     asm.label(f"{p}.io_uring")
     asm.ret(spec.io_uring)
-    _family_switch(asm, f"{p}.socket", spec.socket)
-    if abi is X86_64 and spec.ioctl != ALLOW:
+    _family_switch(asm, f"{p}.socket", spec.socket, packet_type=True)
+    if spec.ioctl != ALLOW:
         _interface_ioctls(asm, p, spec.ioctl)
     _family_switch(asm, f"{p}.socketpair", spec.socketpair)
     if abi.socketcall is not None:
@@ -219,9 +223,11 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     asm.ret(errno_ret(errno.ENOSYS))
 
 
-def _family_switch(asm: Asm, label: str, actions: dict[int, int]) -> None:
-    """Return ``actions[family]``; family 0 and families ≥ AF_MAX are left to the kernel
-    (which answers EAFNOSUPPORT)."""
+def _family_switch(asm: Asm, label: str, actions: dict[int, int],
+                   packet_type: bool = False) -> None:
+    """Return ``actions[family]``. Family 0 and families ≥ AF_MAX get EAFNOSUPPORT, which is
+    what this kernel answers for them, so that a newer kernel's new families are not let
+    through where a family may be null."""
     asm.label(label)
     values = set(actions.values())
     if len(values) == 1 and ALLOW in values:
@@ -229,13 +235,17 @@ def _family_switch(asm: Asm, label: str, actions: dict[int, int]) -> None:
         return
     # Only the low 32 bits: the kernel's socket() takes an int, so 0x100000002 is AF_INET.
     asm.load(off_arg_low(0))
-    asm.jge(AF_MAX, f"{label}.allow")
-    asm.jeq(0, f"{label}.allow")
+    asm.jge(AF_MAX, f"{label}.unknown")
+    asm.jeq(0, f"{label}.unknown")
     counts: dict[int, int] = {}
     for value in actions.values():
         counts[value] = counts.get(value, 0) + 1
     default = max(counts, key=lambda v: (counts[v], v == ALLOW))
     distinct = sorted(v for v in counts if v != default)
+    # socket(AF_INET, SOCK_PACKET) is made as an AF_PACKET socket (net/socket.c).
+    sock_packet = packet_type and actions[AF_INET] != actions[AF_PACKET]
+    if sock_packet:
+        asm.jeq(AF_INET, f"{label}.inet")
     for family in sorted(actions):
         if actions[family] != default:
             asm.jeq(family, f"{label}.r{distinct.index(actions[family])}")
@@ -243,8 +253,16 @@ def _family_switch(asm: Asm, label: str, actions: dict[int, int]) -> None:
     for index, value in enumerate(distinct):
         asm.label(f"{label}.r{index}")
         asm.ret(value)
-    asm.label(f"{label}.allow")
-    asm.ret(ALLOW)
+    if sock_packet:
+        asm.label(f"{label}.inet")
+        asm.load(off_arg_low(1))
+        asm.and_(SOCK_TYPE_MASK)
+        asm.jeq(SOCK_PACKET, f"{label}.packet")
+        asm.ret(actions[AF_INET])
+        asm.label(f"{label}.packet")
+        asm.ret(actions[AF_PACKET])
+    asm.label(f"{label}.unknown")
+    asm.ret(errno_ret(errno.EAFNOSUPPORT))
 
 
 def _interface_ioctls(asm: Asm, p: str, action: int) -> None:

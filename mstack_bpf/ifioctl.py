@@ -20,7 +20,9 @@ from mstack_bpf.linux import procmem
 
 SIOCGIFCONF = 0x8912
 IFREQ_SIZE = 40
+IFREQ_SIZE_COMPAT = 32  # i386: the union holds 16 bytes, enough for every get we answer
 IFCONF = struct.Struct("=i4xQ")  # int ifc_len; (pad); union { char *; struct ifreq * }
+IFCONF_COMPAT = struct.Struct("=iI")
 MAX_IFCONF = 1 << 20
 
 
@@ -32,38 +34,46 @@ def is_socket(tid: int, fd: int) -> bool:
 
 
 def answer(tid: int, sock: socket.socket, request: int, argp: int,
-           still_valid: Callable[[], bool]) -> int:
+           still_valid: Callable[[], bool], compat: bool = False) -> int:
     """Run ``request`` for the caller ``tid`` on ``sock``; return the ioctl's value.
 
     Nothing is written to the caller's memory unless ``still_valid()`` says the caller is
     still the process that asked (its pid could have been reused meanwhile).
     """
     if request == SIOCGIFCONF:
-        return _ifconf(tid, sock, argp, still_valid)
-    ifreq = procmem.read(tid, argp, IFREQ_SIZE)
-    if len(ifreq) != IFREQ_SIZE:
+        return _ifconf(tid, sock, argp, still_valid, compat)
+    size = IFREQ_SIZE_COMPAT if compat else IFREQ_SIZE
+    ifreq = procmem.read(tid, argp, size)
+    if len(ifreq) != size:
         raise OSError(errno.EFAULT, "ifreq")
-    result = fcntl.ioctl(sock.fileno(), request, ifreq)
+    result = fcntl.ioctl(sock.fileno(), request, ifreq.ljust(IFREQ_SIZE, b"\0"))
     if not still_valid():
         raise OSError(errno.ENOENT, "caller gone")
-    procmem.write(tid, argp, result)
+    procmem.write(tid, argp, result[:size])
     return 0
 
 
-def _ifconf(tid: int, sock: socket.socket, argp: int, still_valid: Callable[[], bool]) -> int:
-    raw = procmem.read(tid, argp, IFCONF.size)
-    if len(raw) != IFCONF.size:
+def _ifconf(tid: int, sock: socket.socket, argp: int, still_valid: Callable[[], bool],
+            compat: bool) -> int:
+    layout = IFCONF_COMPAT if compat else IFCONF
+    raw = procmem.read(tid, argp, layout.size)
+    if len(raw) != layout.size:
         raise OSError(errno.EFAULT, "ifconf")
-    length, user_buf = IFCONF.unpack(raw)
+    length, user_buf = layout.unpack(raw)
     if length < 0 or length > MAX_IFCONF:
         raise OSError(errno.EINVAL, "ifconf length")
-    buf = ctypes.create_string_buffer(max(length, 1))
-    ours = bytearray(IFCONF.pack(length, ctypes.addressof(buf) if user_buf else 0))
+    # i386 records are 32 bytes: ask for as many 40-byte ones, then cut each down.
+    records = length // (IFREQ_SIZE_COMPAT if compat else IFREQ_SIZE)
+    buf = ctypes.create_string_buffer(max(records * IFREQ_SIZE, 1))
+    ours = bytearray(IFCONF.pack(records * IFREQ_SIZE, ctypes.addressof(buf) if user_buf else 0))
     fcntl.ioctl(sock.fileno(), SIOCGIFCONF, ours)
-    new_length = IFCONF.unpack(ours)[0]
+    got = IFCONF.unpack(ours)[0]
+    data = buf.raw[:got]
+    if compat:
+        data = b"".join(data[i:i + IFREQ_SIZE_COMPAT] for i in range(0, got, IFREQ_SIZE))
     if not still_valid():
         raise OSError(errno.ENOENT, "caller gone")
     if user_buf:
-        procmem.write(tid, user_buf, buf.raw[:new_length])
-    procmem.write(tid, argp, struct.pack("=i", new_length))
+        procmem.write(tid, user_buf, data)
+    procmem.write(tid, argp, struct.pack("=i", len(data)))
     return 0

@@ -131,7 +131,7 @@ class Supervisor:
             if temporary:
                 os.close(ns_fd)
         value = ifioctl.answer(tid, sock, d.call.request, d.call.argp,
-                               lambda: self.listener.id_valid(nid))
+                               lambda: self.listener.id_valid(nid), d.call.compat)
         self._reply(nid, val=value)
         return value
 

@@ -5,6 +5,8 @@ PREFIX   ?= /opt/mstack
 PY       := $(PREFIX)/bin/python
 BINDIR   ?= /usr/local/bin
 MANDIR   ?= /usr/local/share/man/man1
+MAN5DIR  ?= /usr/local/share/man/man5
+SHAREDIR ?= /usr/local/share/mstack
 INCDIR   ?= /usr/local/include
 APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
             iproute2 iputils-ping iperf3 curl passt slirp4netns nftables procps psmisc util-linux
@@ -30,8 +32,10 @@ install: venv build
 	@$(PY) -c 'import mstack_bpf' || { echo "install failed" >&2; exit 1; }
 	@for cmd in mstack mstack-trace mstack-stack; do \
 	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
-	@mkdir -p $(MANDIR) $(INCDIR)
+	@mkdir -p $(MANDIR) $(MAN5DIR) $(INCDIR) $(SHAREDIR)/policy
 	@for page in man/*.1; do install -m 644 $$page $(MANDIR)/; done
+	@for page in man/*.5; do install -m 644 $$page $(MAN5DIR)/; done
+	@install -m 644 policy/*.toml policy/README.md $(SHAREDIR)/policy/
 	@if [ -f include/msocket.h ]; then install -m 644 include/msocket.h $(INCDIR)/; fi
 	@echo "mstack installed: $$($(BINDIR)/mstack --version)"
 

@@ -6,17 +6,25 @@ one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
 import click
 
 from mstack_bpf import __version__
-from mstack_bpf.errors import MstackError
-from mstack_bpf.families import FamilyListError, apply_list, parse_lists
-from mstack_bpf.launcher import RunConfig, open_stacks, run
+from mstack_bpf.errors import (
+    EXIT_USAGE,
+    CommandNotExecutable,
+    CommandNotFound,
+    MstackError,
+    StackError,
+)
+from mstack_bpf.families import ALL_FAMILIES, FamilyListError, apply_list, parse_lists
+from mstack_bpf.launcher import RunConfig, find_command, open_stacks, run
 from mstack_bpf.model import Mapping
-from mstack_bpf.resolve import resolve
+from mstack_bpf.policy import check_policy, check_stacks, load_policy, open_policy
+from mstack_bpf.resolve import open_stack, resolve
 
 EPILOG = """\b
 Families (-o LIST, comma-separated, each item optionally prefixed + or -):
@@ -35,10 +43,12 @@ Examples:
   mstack -o -unix blue bash            all but AF_UNIX from blue
   mstack -o +ip,-ipv6 blue bash        ipv4, netlink, packet from blue
   mstack --lock -o ip null make        no IP for the build, and no way back
+  mstack --policy lockdown.toml make   the policy file decides (mstack-policy(5))
+  mstack --check-policy lockdown.toml  report every error as FILE:LINE: message
 
 \b
 Exit status: COMMAND's; 125 mstack failed; 126 COMMAND not executable;
-127 COMMAND not found; 2 usage.
+127 COMMAND not found; 2 usage or policy errors.
 """
 
 
@@ -66,13 +76,28 @@ class FamilyList(click.ParamType):  # type: ignore[type-arg]
               help="Make this mapping final: nothing below may change any family.")
 @click.option("--no-new-privs", is_flag=True,
               help="Set no_new_privs (always set for non-root; disables setuid programs).")
+@click.option("--policy", "policy_file", metavar="FILE",
+              help="Take the whole mapping from FILE (mstack-policy(5)); no STACK, no -o.")
+@click.option("--check-policy", "check_file", metavar="FILE",
+              help="Check FILE, print every error as FILE:LINE: message; exit 0 or 2.")
 @click.version_option(__version__, "--version",
                       message="mstack %(version)s (seccomp user-notification; not View-OS umview)")
-@click.argument("stack", metavar="STACK")
-@click.argument("command", metavar="COMMAND [ARG]...", nargs=-1, required=True)
+@click.argument("args", metavar="STACK COMMAND [ARG]...", nargs=-1)
 def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bool,
-           stack: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND with the sockets of the chosen address families from STACK."""
+           policy_file: str | None, check_file: str | None, args: tuple[str, ...]) -> None:
+    """Run COMMAND with the sockets of the chosen address families from STACK.
+
+    With --policy FILE there is no STACK: FILE maps every family.
+    """
+    if check_file is not None:
+        if args or families or policy_file is not None or lock:
+            raise click.UsageError("--check-policy FILE takes no other arguments")
+        _check_policy(check_file, verbose)
+    if policy_file is not None:
+        _run_policy(policy_file, families, verbose, lock, no_new_privs, args)
+    if len(args) < 2:
+        raise click.UsageError("missing STACK" if not args else "missing COMMAND")
+    stack, command = args[0], args[1:]
     chosen = parse_lists(families)
     mapping = Mapping().with_families(chosen, resolve(stack))
     if lock:
@@ -84,11 +109,62 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
     run(config)
 
 
+def _check_policy(path: str, verbose: int) -> NoReturn:
+    """``--check-policy``: syntax, meaning, then the stacks as they are on this system."""
+    errors = check_policy(path)
+    if not errors:
+        policy = load_policy(path)
+        errors = check_stacks(policy)
+        if verbose and not errors:
+            for line in policy.mapping.describe():
+                click.echo(f"mstack: {line}", err=True)
+    for error in errors:
+        click.echo(error, err=True)
+    sys.exit(EXIT_USAGE if errors else 0)
+
+
+def _names_stack(word: str) -> bool:
+    """``word`` is a stack, not a command: the user gave a STACK with ``--policy``."""
+    try:
+        stack = resolve(word)
+        if stack.path is not None:
+            os.close(open_stack(stack).fd)
+    except (StackError, ValueError):
+        return False
+    return True
+
+
+def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
+                no_new_privs: bool, command: tuple[str, ...]) -> NoReturn:
+    if families:
+        raise click.UsageError("-o cannot be used with --policy: the policy maps every family")
+    if not command:
+        raise click.UsageError("missing COMMAND")
+    try:
+        find_command(command[0])
+    except (CommandNotFound, CommandNotExecutable):
+        if _names_stack(command[0]):
+            raise click.UsageError(
+                f"{command[0]!r} is a stack: no STACK argument with --policy") from None
+        raise
+    policy = load_policy(path)
+    mapping, stacks = open_policy(policy)
+    if lock:
+        mapping = mapping.locked_all()
+    config = RunConfig(mapping, command, verbose, no_new_privs or policy.no_new_privs, stacks,
+                       ALL_FAMILIES)
+    if verbose:
+        for line in mapping.describe():
+            click.echo(f"mstack: {line}", err=True)
+    run(config)
+
+
 def main() -> NoReturn:
     try:
         mstack.main(standalone_mode=True)
     except MstackError as e:
-        click.echo(f"mstack: {e}", err=True)
+        for line in str(e).splitlines() or [""]:  # a PolicyError has one line per error
+            click.echo(f"mstack: {line}", err=True)
         if e.hint:
             click.echo(f"mstack: hint: {e.hint}", err=True)
         sys.exit(e.exit_code)

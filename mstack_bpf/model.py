@@ -42,6 +42,8 @@ class Mapping:
     locked: frozenset[int] = frozenset()
     #: stacks msocket may name explicitly beyond those in ``table`` (policies only)
     allowed: tuple[Stack, ...] = ()
+    #: a policy's mapping: msocket may name only the table's stacks and ``allowed``
+    restricted: bool = False
 
     def stack_of(self, family: int) -> Stack:
         return self.table.get(family, NATIVE)
@@ -49,10 +51,14 @@ class Mapping:
     def with_families(self, families: Iterable[int], stack: Stack) -> Mapping:
         table = dict(self.table)
         table.update(dict.fromkeys(families, stack))
-        return Mapping(table, self.locked, self.allowed)
+        return Mapping(table, self.locked, self.allowed, self.restricted)
 
     def locked_all(self) -> Mapping:
-        return Mapping(dict(self.table), ALL_FAMILIES, self.allowed)
+        return Mapping(dict(self.table), ALL_FAMILIES, self.allowed, self.restricted)
+
+    def nameable(self) -> set[Stack]:
+        """Stacks a restricted msocket may name: the table's and the allowed ones, and null."""
+        return {*self.table.values(), *self.allowed, NULL}
 
     def netns_stacks(self) -> list[Stack]:
         """Every namespace stack named by the table or allowed, once, in a stable order."""

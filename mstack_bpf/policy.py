@@ -318,7 +318,7 @@ def parse_policy(text: str, source: str) -> Policy:
     if p.errors:
         p.errors.sort(key=lambda e: e[0])
         raise PolicyError([f"{source}:{line}: {message}" for line, message in p.errors])
-    return Policy(source, Mapping(table, locked, allowed), tuple(defs.values()),
+    return Policy(source, Mapping(table, locked, allowed, restricted=True), tuple(defs.values()),
                   no_new_privs, description)
 
 
@@ -400,5 +400,5 @@ def open_policy(policy: Policy) -> tuple[Mapping, tuple[OpenStack, ...]]:
 
     m = policy.mapping
     table = {family: real(stack) for family, stack in m.table.items()}
-    mapping = Mapping(table, m.locked, tuple(real(s) for s in m.allowed))
+    mapping = Mapping(table, m.locked, tuple(real(s) for s in m.allowed), restricted=True)
     return mapping, tuple(opened[s.name] for s in m.netns_stacks())

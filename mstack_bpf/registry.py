@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from mstack_bpf.factory import StackSockets
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import netns
-from mstack_bpf.model import NATIVE, NULL, Stack, StackKind
+from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
 from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, _user_stack
 
 CAP_SYS_ADMIN = 21
@@ -21,11 +21,13 @@ _RESERVED = {b"null": NULL, b"native": NATIVE}
 
 
 class StackRegistry:
-    def __init__(self, opened: Iterable[OpenStack]) -> None:
+    def __init__(self, opened: Iterable[OpenStack], mapping: Mapping | None = None) -> None:
         self._by_ino: dict[int, OpenStack] = {}
         self._by_stack: dict[Stack, OpenStack] = {}
         for item in opened:
             self._add(item)
+        #: under a policy, msocket may name only these (namespaces: those opened at start)
+        self._nameable = mapping.nameable() if mapping and mapping.restricted else None
 
     def _add(self, item: OpenStack) -> OpenStack:
         self._by_ino.setdefault(item.ino, item)
@@ -43,22 +45,27 @@ class StackRegistry:
         its filesystem credentials; OSError ENOENT (no file), ENOTSUP (not a stack) or
         EACCES (an unprivileged target naming a stack it has no claim to)."""
         if raw in _RESERVED:
-            return _RESERVED[raw]
+            return self._permit(_RESERVED[raw])
         name = raw.decode("utf-8", "surrogateescape")
         candidates = self._candidates(name, tid)
         if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
                 os.path.lexists(c) for c in candidates):
-            return _RESERVED[raw[9:]]
+            return self._permit(_RESERVED[raw[9:]])
         who = creds_mod.read_creds(tid)
         fd = self._open_first(candidates, who if sockets.privileged else None)
         ino = netns.ns_inode(fd)
         if ino in self._by_ino:
             os.close(fd)
-            return self._by_ino[ino].stack
-        if not self._may_name(fd, who):
+            return self._permit(self._by_ino[ino].stack)
+        if self._nameable is not None or not self._may_name(fd, who):
             os.close(fd)
             raise OSError(errno.EACCES, f"{name}: not a stack this process may name")
         return self._add(OpenStack(Stack(StackKind.NETNS, name, name), fd, ino)).stack
+
+    def _permit(self, stack: Stack) -> Stack:
+        if self._nameable is not None and stack not in self._nameable:
+            raise OSError(errno.EACCES, f"{stack.name}: not a stack the policy allows")
+        return stack
 
     @staticmethod
     def _candidates(name: str, tid: int) -> list[str]:

@@ -80,7 +80,8 @@ def serve_forever(channel: socket.socket, config: RunConfig) -> None:
         listener.set_sync_wakeup()
     except SyscallError as e:
         log.debug("no synchronous wake-ups: %s", e)
-    supervisor = Supervisor(listener, Tables(config.mapping), StackRegistry(config.stacks),
+    registry = StackRegistry(config.stacks, config.mapping)
+    supervisor = Supervisor(listener, Tables(config.mapping), registry,
                             StackSockets(_rootless_helper))
     if config.verbose >= 2:
         supervisor.observers.append(lambda *a: log.info("%s", describe(*a)))

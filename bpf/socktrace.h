@@ -40,6 +40,12 @@ struct socktrace_event {
 	char comm[SOCKTRACE_COMM_LEN];
 };
 
+/* Map `config`, key 0: set by user space after loading, before attaching. */
+struct socktrace_config {
+	__u32 filter;       /* 1: trace only the tgids in map `traced`; 0: every process */
+	__u32 wakeup_bytes; /* wake the reader once this much is queued; 0: at every event */
+};
+
 _Static_assert(sizeof(struct socktrace_event) == SOCKTRACE_EVENT_SIZE,
 	       "SOCKTRACE_EVENT_SIZE is stale");
 

@@ -88,6 +88,8 @@ def run(config: RunConfig) -> NoReturn:
         channel = _start_supervisor(config)
         _install_and_hand_over(program, channel)
     else:
+        if config.verbose:  # nothing to supervise, but -v wants the socket table
+            _await_ready(_start_supervisor(config), send=b"W")
         _install(program, 0)
     _exec(path, config.argv)
 
@@ -100,6 +102,7 @@ def _lock_below(config: RunConfig) -> None:
 
 def _start_supervisor(config: RunConfig) -> socket.socket:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    root_pid = os.getpid()  # the command's pid, once we exec
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -108,7 +111,7 @@ def _start_supervisor(config: RunConfig) -> socket.socket:
             ours.close()
             os.setsid()
             if os.fork() == 0:
-                _supervisor_process(theirs, config)
+                _supervisor_process(theirs, config, root_pid)
         finally:
             os._exit(0)
     theirs.close()
@@ -143,6 +146,12 @@ def _install_and_hand_over(program: list[seccomp.Instruction], channel: socket.s
         socket.send_fds(channel, [b"L"], [listener])
     finally:
         os.close(listener)  # the target never holds the listener
+    _await_ready(channel)
+
+
+def _await_ready(channel: socket.socket, send: bytes | None = None) -> None:
+    if send is not None:
+        channel.send(send)
     answer = channel.recv(4096)
     channel.close()
     if answer != b"R":
@@ -159,7 +168,7 @@ def _exec(path: str, argv: Sequence[str]) -> NoReturn:
         raise cls(f"{argv[0]}: {e.strerror}") from None
 
 
-def _supervisor_process(channel: socket.socket, config: RunConfig) -> NoReturn:
+def _supervisor_process(channel: socket.socket, config: RunConfig, root_pid: int) -> NoReturn:
     """Body of the supervisor (grandchild); never returns."""
     from mstack_bpf.supervisor_main import serve_forever
 
@@ -167,6 +176,6 @@ def _supervisor_process(channel: socket.socket, config: RunConfig) -> NoReturn:
     for sig in _SUPERVISOR_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
     try:
-        serve_forever(channel, config)
+        serve_forever(channel, config, root_pid)
     finally:
         os._exit(0)

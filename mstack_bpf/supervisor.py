@@ -54,18 +54,27 @@ class Supervisor:
         #: called with (tid, call, decision, result) after each call, for -vv and counters
         self.observers: list[Observer] = []
 
-    def serve(self, extra: dict[int, Callable[[], None]] | None = None) -> None:
-        """Serve until the listener hangs up; ``extra`` maps other fds to poll to handlers."""
-        extra = dict(extra or {})
+    def serve(self, extra: dict[int, Callable[[], bool]] | None = None,
+              tick: Callable[[], None] | None = None, tick_ms: int = 100) -> None:
+        """Serve until the listener hangs up. ``extra`` maps other fds to poll to handlers
+        (a handler returning False is not polled again); ``tick`` runs when nothing came
+        for ``tick_ms``."""
+        handlers = dict(extra or {})
         poller = select.poll()
         poller.register(self.listener.fd, select.POLLIN)
-        for fd in extra:
+        for fd in handlers:
             poller.register(fd, select.POLLIN)
         while True:
-            for fd, events in poller.poll():
+            ready = poller.poll(tick_ms if tick else None)
+            if not ready and tick:
+                tick()
+            for fd, events in ready:
                 if fd != self.listener.fd:
-                    extra[fd]()
-                    poller.unregister(fd)
+                    if not handlers[fd]():
+                        poller.unregister(fd)
+                        del handlers[fd]
+                        if not handlers:
+                            tick = None
                 elif events & select.POLLIN:
                     self.handle_one()
                 elif events & (select.POLLHUP | select.POLLERR):

@@ -13,6 +13,7 @@ from mstack_bpf.launcher import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.registry import StackRegistry
+from mstack_bpf.report import TICK_MS, SocketReport, watch
 from mstack_bpf.supervisor import Supervisor, describe
 from mstack_bpf.tables import Tables
 
@@ -59,7 +60,7 @@ def _rootless_helper(ns_fd: int) -> SocketMaker:
     return NetnsSocketHelper(f"/proc/{os.getpid()}/fd/{ns_fd}")
 
 
-def serve_forever(channel: socket.socket, config: RunConfig) -> None:
+def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> None:
     keep = {channel.fileno(), *(s.fd for s in config.stacks)}
     if config.verbose:
         keep.add(2)
@@ -69,8 +70,14 @@ def serve_forever(channel: socket.socket, config: RunConfig) -> None:
         _, fds, _, _ = socket.recv_fds(channel, 16, 1)
     except OSError:
         return
-    if not fds:
-        return  # the launcher failed before installing the filter
+    report = SocketReport(root_pid, config.mapping, config.stacks, config.verbose) if (
+        config.verbose) else None
+    if not fds:  # no listener: a watcher for -v under a lock, or the launcher failed
+        if report is not None:
+            channel.send(b"R")
+            channel.close()
+            watch(report)
+        return
     listener = seccomp.Listener(fds[0])
     problem = _probe_addfd(listener)
     if problem:
@@ -83,8 +90,12 @@ def serve_forever(channel: socket.socket, config: RunConfig) -> None:
     registry = StackRegistry(config.stacks, config.mapping)
     supervisor = Supervisor(listener, Tables(config.mapping), registry,
                             StackSockets(_rootless_helper))
-    if config.verbose >= 2:
-        supervisor.observers.append(lambda *a: log.info("%s", describe(*a)))
+    if config.verbose >= 3:
+        supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))
     channel.send(b"R")
     channel.close()
-    supervisor.serve()
+    if report is None:
+        supervisor.serve()
+    else:
+        supervisor.serve(report.handlers(), report.tick, TICK_MS)
+        report.finish()  # the listener and the pidfd may report in the same poll

@@ -97,4 +97,4 @@ def test_config_layout_matches_compiled_object_btf() -> None:
     finally:
         obj.close()
     assert layout.size == ctypes.sizeof(_Config)
-    assert layout.offsets == {name: getattr(_Config, name).offset for name, _ in _Config._fields_}
+    assert layout.offsets == {name: getattr(_Config, name).offset for name, *_ in _Config._fields_}

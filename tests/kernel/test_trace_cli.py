@@ -1,0 +1,132 @@
+"""``mstack-trace`` as a user runs it: output, stack names, exit codes, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mstack_bpf
+from mstack_bpf.trace.tracer import unavailable_reason
+
+if os.geteuid() != 0:
+    pytest.skip("eBPF tracing needs root", allow_module_level=True)
+_REASON = unavailable_reason(load=False)
+if _REASON:
+    pytest.skip(f"eBPF tracing unavailable: {_REASON}", allow_module_level=True)
+
+PY = sys.executable
+ROOT = str(Path(mstack_bpf.__file__).resolve().parent.parent)
+TRACE = [PY, "-c", "from mstack_bpf.trace.cli import main; main()"]
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+WORK = (
+    "import socket\n"
+    "socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+    "try: socket.socket(socket.AF_INET, 999)\n"
+    "except OSError: pass\n"
+    "raise SystemExit(3)\n"
+)
+
+
+def run(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
+    if as_nobody:
+        return subprocess.run(
+            [*TRACE, *args],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=30,
+            user=65534,
+            group=65534,
+            extra_groups=[],
+        )
+    return subprocess.run([*TRACE, *args], capture_output=True, text=True, env=ENV, timeout=30)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if shutil.which("ip") is None:
+        pytest.skip("needs ip(8) (iproute2)")
+    name = f"mstk-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_command_json_and_exit_status() -> None:
+    proc = run("--json", "--", PY, "-c", WORK)
+    assert proc.returncode == 3, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    made = [r for r in records if r["call"] == "socket" and r["fds"]]
+    assert [(r["family_name"], r["type_name"], r["stack"]) for r in made] == [
+        ("ipv6", "dgram|cloexec", "native")
+    ]
+    refused = [r for r in records if r["errno"]]
+    assert [(r["family_name"], r["errno"], r["stack"]) for r in refused] == [
+        ("ipv4", "EINVAL", None)
+    ]
+
+
+def test_text_columns_and_summary_in_netns(netns: str) -> None:
+    code = "import socket; socket.socket(socket.AF_INET)"
+    proc = run("-s", "--", "ip", "netns", "exec", netns, PY, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["TIME", "PID", "COMM", "CALL", "FAMILY", "TYPE", "FD/ERR", "STACK"]
+    inet = [line.split() for line in lines[1:] if " ipv4 " in line]
+    assert len(inet) == 1 and inet[0][-1] == netns and inet[0][3] == "socket"
+    table = proc.stderr.splitlines()
+    assert table[0].split() == ["FAMILY", "STACK", "SOCKETS", "REFUSED"]
+    assert ["ipv4", netns, "1", "-"] in [row.split() for row in table[1:]]
+
+
+def test_pid_mode_stops_cleanly_on_sigterm() -> None:
+    target = subprocess.Popen([PY, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    tracer = subprocess.Popen(
+        [*TRACE, "-p", str(target.pid)], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    try:
+        assert tracer.stdout is not None
+        assert tracer.stdout.readline().startswith("TIME")  # attached
+        tracer.send_signal(signal.SIGTERM)
+        assert tracer.wait(timeout=10) == 0
+    finally:
+        tracer.kill()
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("-p", "1", "--", "true"), ("--bogus",), ("-p", "0")],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    assert run(*args).returncode == 2
+
+
+def test_command_not_found_exits_127() -> None:
+    proc = run("--", "/nonexistent/mstack-test-cmd")
+    assert proc.returncode == 127
+    assert "No such file" in proc.stderr
+
+
+def test_signal_death_is_128_plus_signal() -> None:
+    proc = run("--", "sh", "-c", "kill -TERM $$")
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_unavailable_exits_125_with_reason() -> None:
+    proc = run("--", "true", as_nobody=True)
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "needs root" in proc.stderr

@@ -34,7 +34,7 @@ class SocketReport:
         self._family_stacks = {f: mapping.stack_of(f).name for f in ALL_FAMILIES
                                if mapping.stack_of(f).kind is not StackKind.NETNS}
         try:
-            from mstack_bpf.trace.tracer import TraceUnavailable, Tracer
+            from mstack_bpf.trace.tracer import Tracer, TraceUnavailable
         except ImportError as e:  # pragma: no cover - tracing not installed
             self.reason = f"eBPF tracing is not installed ({e})"
             return

@@ -10,6 +10,7 @@ command, not the supervisor, and a command that waits for its children never wai
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -103,8 +104,7 @@ def _lock_below(config: RunConfig) -> None:
 def _start_supervisor(config: RunConfig) -> socket.socket:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     root_pid = os.getpid()  # the command's pid, once we exec
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     pid = os.fork()
     if pid == 0:
         try:
@@ -158,12 +158,24 @@ def _await_ready(channel: socket.socket, send: bytes | None = None) -> None:
         raise Unsupported(answer[1:].decode(errors="replace") or "the supervisor did not start")
 
 
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None when mstack was started with that fd closed
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+
 def _exec(path: str, argv: Sequence[str]) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
+    # Python ignores SIGPIPE and SIGXFSZ at start-up; the command must not inherit that.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execv(path, list(argv))
     except OSError as e:
+        if e.errno == errno.ENOEXEC:  # a script without #!: run it as execvp(3) would
+            with contextlib.suppress(OSError):
+                os.execv("/bin/sh", ["/bin/sh", path, *argv[1:]])
         cls = CommandNotFound if e.errno == errno.ENOENT else CommandNotExecutable
         raise cls(f"{argv[0]}: {e.strerror}") from None
 

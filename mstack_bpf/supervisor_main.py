@@ -60,6 +60,18 @@ def _rootless_helper(ns_fd: int) -> SocketMaker:
     return NetnsSocketHelper(f"/proc/{os.getpid()}/fd/{ns_fd}")
 
 
+def _enter_stacks(sockets: StackSockets, config: RunConfig) -> str | None:
+    """Make a socket in every stack now, so that one we cannot use fails mstack (exit 125)
+    instead of every later call; the socket then serves the interface ioctls."""
+    for opened in config.stacks:
+        try:
+            sockets.ioctl_socket(opened.fd, opened.ino)
+        except OSError as e:
+            return (f"{opened.stack.path}: cannot make sockets in this stack "
+                    f"({e.strerror or e}); is it yours, or are you root?")
+    return None
+
+
 def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> None:
     keep = {channel.fileno(), *(s.fd for s in config.stacks)}
     if config.verbose:
@@ -87,9 +99,13 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
         listener.set_sync_wakeup()
     except SyscallError as e:
         log.debug("no synchronous wake-ups: %s", e)
+    sockets = StackSockets(_rootless_helper)
+    problem = _enter_stacks(sockets, config)
+    if problem:
+        channel.send(b"E" + problem.encode())
+        return
     registry = StackRegistry(config.stacks, config.mapping)
-    supervisor = Supervisor(listener, Tables(config.mapping), registry,
-                            StackSockets(_rootless_helper))
+    supervisor = Supervisor(listener, Tables(config.mapping), registry, sockets)
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))
     channel.send(b"R")

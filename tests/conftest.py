@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -63,10 +64,8 @@ class Netns:
 def _remove_netns(name: str) -> None:
     pids = run(["ip", "netns", "pids", name]).stdout.split()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
     run(["ip", "netns", "del", name])
 
 
@@ -125,3 +124,105 @@ def supervisors() -> set[int]:
 def report(cp: subprocess.CompletedProcess[str]) -> object:
     assert cp.returncode == 0, cp.stderr
     return json.loads(cp.stdout.splitlines()[-1])
+
+
+# --- helpers for process, credential and robustness tests ---------------------------------
+
+
+def supervisors_of(marker: str) -> set[int]:
+    """Live supervisors whose command line (mstack's own, as forked) contains ``marker``."""
+    found = set()
+    for pid in supervisors():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.add(pid)
+    return found
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: its files are already closed)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_until(predicate: object, timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout`` seconds have passed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():  # type: ignore[operator]
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+def fd_links(pid: int) -> dict[int, str]:
+    """fd → what it points at (``readlink /proc/PID/fd/N``)."""
+    out = {}
+    for entry in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            out[int(entry)] = os.readlink(f"/proc/{pid}/fd/{entry}")
+    return out
+
+
+def kill_all(pids: object) -> None:
+    for pid in pids:  # type: ignore[attr-defined]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
+class Stepper:
+    """A probe ``steps`` run under mstack: read one report per step, then let it go on."""
+
+    def __init__(self, *mstack_args: str, steps: tuple[str, ...], python: str = PYTHON,
+                 probe_path: str = PROBE, prefix: tuple[str, ...] = ()) -> None:
+        self.marker = f"tag,{uuid.uuid4().hex}"
+        self.proc = subprocess.Popen(
+            [*prefix, MSTACK, *mstack_args, python, probe_path, "steps", self.marker, *steps],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self.next()
+        assert isinstance(first, dict) and "tag" in first, first
+
+    def next(self) -> object:
+        """The report of the step the probe is waiting after."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"probe ended early (status {self.proc.poll()})"
+        return json.loads(line)
+
+    def go(self) -> object:
+        """Let the probe run its next step and return that step's report."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return self.next()
+
+    def supervisors(self) -> set[int]:
+        return supervisors_of(self.marker)
+
+    def close(self) -> None:
+        """Kill the target (if alive) and whatever supervisor served it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        pids = self.supervisors()
+        if pids and not wait_until(lambda: not self.supervisors(), timeout=5):
+            kill_all(self.supervisors())
+
+    def __enter__(self) -> Stepper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.e2e.test_stack_root import host_http  # noqa: F401  (fixture)
 from tests.e2e.test_stack_rootless import (  # noqa: F401  (fixtures)
     PY,
     Nobody,
@@ -10,7 +11,6 @@ from tests.e2e.test_stack_rootless import (  # noqa: F401  (fixtures)
     tun_usable,
     unique,
 )
-from tests.e2e.test_stack_root import host_http  # noqa: F401  (fixture)
 
 COOKIE = ("import socket,struct;s=socket.socket(socket.AF_INET);"
           "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")

@@ -163,6 +163,183 @@ def cmd_loop(count: str, family: str = "2") -> object:
     return {"failures": failures}
 
 
+# --- commands for process, credential and robustness tests -------------------------------
+
+_HELD: list[socket.socket] = []  # sockets kept open across the steps of one run
+
+
+def cmd_tag(token: str) -> object:
+    """Nothing: puts ``token`` in the command line (tests find their supervisor by it)."""
+    return {"tag": token}
+
+
+def cmd_steps(*specs: str) -> object:
+    """Run each ``command,arg,...`` in turn; after each, print its report and wait for a line
+    on stdin, so that the test can look at the target and its supervisor in between."""
+    for spec in specs:
+        command, *args = spec.split(",")
+        sys.stdout.write(json.dumps(globals()[f"cmd_{command}"](*args)) + "\n")
+        sys.stdout.flush()
+        sys.stdin.readline()
+    return {"done": True}
+
+
+def cmd_listen(port: str) -> object:
+    """A TCP listener on 127.0.0.1:``port``, kept open for the following steps."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(port)))
+    s.listen()
+    _HELD.append(s)
+    return {"cookie": cookie(s), "uid": os.fstat(s.fileno()).st_uid}
+
+
+def cmd_msocket() -> object:
+    """The virtual msocket call -5 with a NULL path and SOCK_DEFAULT: its result or errno."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ret = libc.syscall(ctypes.c_long(-5), ctypes.c_long(0), ctypes.c_long(0),
+                       ctypes.c_long(0), ctypes.c_long(0))
+    if ret < 0:
+        return {"errno": errno.errorcode.get(ctypes.get_errno(), "?")}
+    return {"ret": ret}
+
+
+def cmd_unshare_net() -> object:
+    """unshare(CLONE_NEWNET) in a child (so the probe itself keeps its namespace)."""
+    import ctypes
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            ok = libc.unshare(0x40000000) == 0
+            os.write(w, b"ok" if ok else errno.errorcode.get(ctypes.get_errno(), "?").encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    answer = os.read(r, 64).decode()
+    os.close(r)
+    return {"result": answer}
+
+
+def cmd_daemon_wait(path: str, go: str) -> object:
+    """Like ``daemon``, but the daemon waits (at most 30 s) until file ``go`` exists; it
+    leaves the command's stdio, as a daemon does, so a reader of the command's output is not
+    kept waiting."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            try:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                for _ in range(3000):
+                    if os.path.exists(go):
+                        break
+                    time.sleep(0.01)
+                result = {"pid": os.getpid(), "inet": try_socket(socket.AF_INET)}
+                with open(path + ".tmp", "w") as f:
+                    json.dump(result, f)
+                os.rename(path + ".tmp", path)
+            finally:
+                os._exit(0)
+        os._exit(0)
+    os.wait()
+    return {"parent": os.getpid()}
+
+
+def _socket_forever(family: int, w: int) -> None:
+    socket.socket(family, socket.SOCK_DGRAM).close()
+    os.write(w, b"x")
+    while True:
+        socket.socket(family, socket.SOCK_DGRAM).close()
+
+
+def cmd_killstorm(count: str, family: str = "2") -> object:
+    """``count`` children, each SIGKILLed at a random moment of a stream of socket() calls."""
+    import random
+    import signal
+
+    killed = 0
+    for _ in range(int(count)):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                _socket_forever(int(family), w)
+            finally:
+                os._exit(1)
+        os.close(w)
+        started = os.read(r, 1) == b"x"
+        os.close(r)
+        time.sleep(random.random() * 0.002)  # anywhere in the stream, also mid-call
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        killed += started and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    return {"killed": killed, "after": try_socket(int(family))}
+
+
+def cmd_sigstorm(count: str, family: str = "2", restart: str = "1") -> object:
+    """socket() (raw libc, no Python EINTR retry) while SIGALRM (SA_RESTART unless
+    ``restart`` is 0) arrives every millisecond; at least ``count`` calls and, if it takes
+    that long, 50 signals."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fam, n = int(family), int(count)
+    hits = [0]
+    failures: dict[str, int] = {}
+    cookies: set[int] = set()
+    signal.signal(signal.SIGALRM, lambda *_: hits.__setitem__(0, hits[0] + 1))
+    signal.siginterrupt(signal.SIGALRM, restart == "0")  # False: SA_RESTART
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    made = 0
+    try:
+        while made < n or (hits[0] < 50 and made < 10 * n):
+            fd = libc.socket(fam, socket.SOCK_DGRAM, 0)
+            made += 1
+            if fd < 0:
+                key = errno.errorcode.get(ctypes.get_errno(), "?")
+                failures[key] = failures.get(key, 0) + 1
+                continue
+            s = socket.socket(fileno=fd)
+            cookies.add(cookie(s))
+            s.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    return {"calls": made, "signals": hits[0], "failures": failures, "cookies": sorted(cookies)}
+
+
+def cmd_thread_creds(uid: str) -> object:
+    """One thread alone becomes ``uid`` (raw setresuid: glibc's would change every thread),
+    then each thread tries a raw and a TCP socket."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    u = int(uid)
+    box: dict[str, object] = {}
+
+    def body() -> None:
+        ok = libc.syscall(119, u, u, u) == 0 and libc.syscall(117, u, u, u) == 0
+        box["switched"] = ok
+        box["raw"] = try_socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        box["tcp"] = try_socket(socket.AF_INET)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    return {"thread": box,
+            "main": {"raw": try_socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+                     "tcp": try_socket(socket.AF_INET)}}
+
+
 def main() -> None:
     command, *args = sys.argv[1:]
     result = globals()[f"cmd_{command}"](*args)

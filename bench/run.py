@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""make bench: mstack side by side with native, ip netns exec and View-OS' umview.
+
+Every comparison runs on this machine in one run and is reported as a ratio of rates
+(baseline time / variant time: 1.0 = as fast as the baseline), with the min and median of
+several rounds. Absolute times vary a lot on shared machines; ratios measured together do
+not. Writes bench/results.json, bench/results.md and bench/overheads.png.
+Traffic stays on loopback inside the benchmark's own namespaces; they are removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = HERE / "bin"
+MSTACK = shutil.which("mstack", path="/usr/local/bin") or "mstack"
+UMVIEW = ["env", "LD_BIND_NOW=1", "umview", "-x", "-p", "umnet"]
+REPS = "7"
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    min_ns: float
+    median_ns: float
+    baseline: str = ""
+    ratio_min: float = 0.0
+    ratio_median: float = 0.0
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def sh(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+
+
+def build() -> None:
+    BIN.mkdir(exist_ok=True)
+    for src, out, static in (("workload.c", "workload", False), ("workload.c", "workload.static", True),
+                             ("allowall.c", "allowall", False)):
+        args = ["cc", "-O2", "-o", str(BIN / out), str(HERE / src)]
+        if static:
+            args.insert(1, "-static")
+        cp = sh(*args)
+        if cp.returncode:
+            sys.exit(f"bench: building {out} failed:\n{cp.stderr}")
+
+
+@contextlib.contextmanager
+def namespaces(count: int) -> Iterator[list[str]]:
+    names = [f"mstk-bench-{uuid.uuid4().hex[:6]}-{i}" for i in range(count)]
+    try:
+        for name in names:
+            sh("ip", "netns", "add", name)
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield names
+    finally:
+        for name in names:
+            for pid in sh("ip", "netns", "pids", name).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
+            sh("ip", "netns", "del", name)
+
+
+def measure(prefix: list[str], *workload: str, static: bool = False) -> tuple[float, float]:
+    binary = str(BIN / ("workload.static" if static else "workload"))
+    cp = sh(*prefix, binary, *workload, env={**os.environ, "REPS": REPS}, timeout=600)
+    lines = [line for line in cp.stdout.splitlines() if line.startswith("{")]
+    if cp.returncode or not lines:
+        raise RuntimeError(f"{' '.join(prefix)} {binary} {' '.join(workload)}: {cp.stderr[-300:]}")
+    result = json.loads(lines[-1])
+    if result.get("fails"):
+        raise RuntimeError(f"{workload}: {result['fails']} calls failed")
+    return float(result["min_ns"]), float(result["median_ns"])
+
+
+def per_call(rows: list[Row], ns: str) -> None:
+    m = [MSTACK]
+    variants_getpid = [
+        ("native", [], False),
+        ("allow-all seccomp filter", [str(BIN / "allowall")], False),
+        ("mstack -o ip NS (unlocked)", [*m, "-o", "ip", ns], False),
+        ("mstack --lock -o ip NS", [*m, "--lock", "-o", "ip", ns], False),
+        ("mstack --lock -o ip null (no supervisor)", [*m, "--lock", "-o", "ip", "null"], False),
+        ("umview (View-OS, static)", UMVIEW, True),
+    ]
+    for group, workload, n in (("getpid", ("getpid",), "2000000"),
+                               ("read /dev/zero", ("readzero",), "1000000")):
+        for name, prefix, static in variants_getpid:
+            count = str(int(n) // 100) if prefix is UMVIEW else n
+            lo, med = measure(prefix, *workload, count, static=static)
+            rows.append(Row(group, name, lo, med))
+    socket_variants = [
+        ("native", [], ("socket", "2")),
+        ("native family, mstack --lock -o 6 null", [*m, "--lock", "-o", "6", "null"],
+         ("socket", "2")),
+        ("native family, mstack -o 6 NS (CONTINUE)", [*m, "-o", "6", ns], ("socket", "2")),
+        ("null family, mstack --lock -o 4 null", [*m, "--lock", "-o", "4", "null"],
+         ("socket", "2")),
+        ("null family, mstack -o 4 null", [*m, "-o", "4", "null"], ("socket", "2")),
+        ("redirected, mstack -o 4 NS", [*m, "-o", "4", ns], ("socket", "2")),
+        ("redirected via msocket(NS)", [*m, "-o", "6", ns], ("msocket", f"/run/netns/{ns}", "2")),
+        ("umview (View-OS, static)", UMVIEW, ("socket", "2")),
+    ]
+    for name, prefix, workload in socket_variants:
+        null = "null family" in name
+        count = "2000" if prefix is UMVIEW or "redirected" in name or "CONTINUE" in name else (
+            "20000")
+        if null:
+            lo, med = measure_null(prefix, workload, count)
+        else:
+            lo, med = measure(prefix, *workload, count, static=prefix is UMVIEW)
+        rows.append(Row("socket()+close()", name, lo, med))
+
+
+def measure_null(prefix: list[str], workload: tuple[str, ...], count: str) -> tuple[float, float]:
+    """A refused socket(): the workload counts failures, which are the point here."""
+    cp = sh(*prefix, str(BIN / "workload"), *workload, count, env={**os.environ, "REPS": REPS})
+    result = json.loads(cp.stdout.splitlines()[-1])
+    return float(result["min_ns"]), float(result["median_ns"])
+
+
+def tcp(rows: list[Row], ns: str) -> None:
+    port = "5201"
+    for chunk, total in (("128", "50000000"), ("65536", "2000000000")):
+        for name, prefix in (("ip netns exec NS", ["ip", "netns", "exec", ns]),
+                             ("mstack NS (redirected)", [MSTACK, "-o", "ip", ns])):
+            results = []
+            for _ in range(3):
+                server = subprocess.Popen([*prefix, str(BIN / "workload"), "tcp-server", port],
+                                          stdout=subprocess.PIPE, text=True)
+                assert server.stdout is not None
+                server.stdout.readline()
+                client = sh(*prefix, str(BIN / "workload"), "tcp-client", port, total, chunk)
+                server.wait(timeout=120)
+                results.append(json.loads(client.stdout)["MBps"])
+            best, med = max(results), statistics.median(results)
+            # rates → "ns per MB" so that ratios read like the others
+            rows.append(Row(f"TCP, {chunk}-byte writes", name, 1e3 / best, 1e3 / med,
+                            extra={"MBps_best": best, "MBps_median": med}))
+
+
+def startup(rows: list[Row], ns: str) -> None:
+    for name, cmd in (("ip netns exec NS true", ["ip", "netns", "exec", ns, "true"]),
+                      ("mstack NS true", [MSTACK, ns, "true"]),
+                      ("mstack --lock null true", [MSTACK, "--lock", "null", "true"]),
+                      ("python3 -c pass", ["/usr/bin/python3", "-c", "pass"])):
+        times = []
+        for _ in range(15):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            times.append((time.perf_counter() - t) * 1e9)
+        rows.append(Row("start-up", name, min(times), statistics.median(times)))
+
+
+def supervisor_rss() -> float:
+    """Largest VmRSS (kB) among running supervisors."""
+    best = 0.0
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "mstack-sv":
+                for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        best = max(best, float(line.split()[1]))
+        except OSError:
+            continue
+    return best
+
+
+def scale(rows: list[Row], stacks: list[str]) -> None:
+    per = 1000
+    for procs in (1, 8, 64):
+        for nstacks in (1, 16):
+            inner = " ".join(
+                f"mstack -o 4 {stacks[i % nstacks]} {BIN / 'workload'} socket 2 {per} >/dev/null &"
+                for i in range(procs))
+            script = f"{inner} wait"
+            t = time.perf_counter()
+            proc = subprocess.Popen([MSTACK, "-o", "4", stacks[0], "bash", "-c", script],
+                                    env={**os.environ, "REPS": "1"})
+            rss = 0.0
+            while proc.poll() is None:
+                rss = max(rss, supervisor_rss())
+                time.sleep(0.05)
+            wall = time.perf_counter() - t
+            calls = procs * per * 1.1  # the workload's warm-up round adds a tenth
+            rows.append(Row("supervisor scale", f"{procs} procs, {nstacks} stacks",
+                            wall / calls * 1e9, wall / calls * 1e9,
+                            extra={"calls_per_s": calls / wall, "rss_MB": rss / 1024}))
+
+
+def ratios(rows: list[Row]) -> None:
+    baselines = {"getpid": "native", "read /dev/zero": "native", "socket()+close()": "native",
+                 "start-up": "ip netns exec NS true"}
+    for row in rows:
+        base_name = baselines.get(row.group)
+        if row.group.startswith("TCP"):
+            base_name = "ip netns exec NS"
+        base = next((r for r in rows if r.group == row.group and r.name == base_name), None)
+        if base is None:
+            continue
+        row.baseline = base_name or ""
+        row.ratio_min = base.min_ns / row.min_ns
+        row.ratio_median = base.median_ns / row.median_ns
+    # the physical limit: any seccomp filter sends syscalls through the slower entry path
+    for group in ("getpid", "read /dev/zero"):
+        allow = next(r for r in rows if r.group == group and r.name.startswith("allow-all"))
+        for row in rows:
+            if row.group == group and row.name.startswith("mstack"):
+                row.note = f"{allow.median_ns / row.median_ns:.3f} of allow-all"
+
+
+def table(rows: list[Row]) -> str:
+    out = [f"| benchmark | variant | min | median | ratio (min / median) | note |",
+           "| --- | --- | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        unit = ("µs", 1e3) if r.min_ns > 5000 else ("ns", 1.0)
+        note = r.note or ", ".join(f"{k} {v:.1f}" for k, v in r.extra.items())
+        ratio = f"{r.ratio_min:.3f} / {r.ratio_median:.3f}" if r.baseline else "-"
+        out.append(f"| {r.group} | {r.name} | {r.min_ns / unit[1]:.1f} {unit[0]} | "
+                   f"{r.median_ns / unit[1]:.1f} {unit[0]} | {ratio} | {note} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing, no plot", file=sys.stderr)
+        return
+    picked = [r for r in rows if r.group in ("getpid", "socket()+close()")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, group in zip(axes, ("getpid", "socket()+close()"), strict=True):
+        data = [r for r in picked if r.group == group]
+        ax.barh([r.name for r in data], [r.median_ns / 1e3 for r in data], color="#4c72b0")
+        ax.set_xscale("log")
+        ax.set_xlabel("µs per call (median, log scale)")
+        ax.set_title(group)
+        ax.invert_yaxis()
+    fig.suptitle(f"mstack per-call overheads — {platform.node()}, {time.strftime('%Y-%m-%d')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (namespaces, seccomp)")
+    build()
+    rows: list[Row] = []
+    with namespaces(16) as stacks:
+        per_call(rows, stacks[0])
+        tcp(rows, stacks[0])
+        startup(rows, stacks[0])
+        scale(rows, stacks)
+    ratios(rows)
+    text = table(rows)
+    header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} "
+              f"({os.cpu_count()} CPUs, kernel {platform.release()}); ratios are baseline "
+              f"time / variant time in the same run.")
+    print(header)
+    print(text)
+    (HERE / "results.md").write_text(header + "\n\n" + text + "\n")
+    (HERE / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    plot(rows, HERE / "overheads.png")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory():
+        main()

@@ -23,7 +23,6 @@ from mstack_bpf.errors import (
 from mstack_bpf.families import ALL_FAMILIES, FamilyListError, apply_list, parse_lists
 from mstack_bpf.launcher import RunConfig, find_command, open_stacks, run
 from mstack_bpf.model import Mapping
-from mstack_bpf.policy import check_policy, check_stacks, load_policy, open_policy
 from mstack_bpf.resolve import open_stack, resolve
 
 EPILOG = """\b
@@ -111,6 +110,8 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
 
 def _check_policy(path: str, verbose: int) -> NoReturn:
     """``--check-policy``: syntax, meaning, then the stacks as they are on this system."""
+    from mstack_bpf.policy import check_policy, check_stacks, load_policy
+
     errors = check_policy(path)
     if not errors:
         policy = load_policy(path)
@@ -147,6 +148,8 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
             raise click.UsageError(
                 f"{command[0]!r} is a stack: no STACK argument with --policy") from None
         raise
+    from mstack_bpf.policy import load_policy, open_policy
+
     policy = load_policy(path)
     mapping, stacks = open_policy(policy)
     if lock:

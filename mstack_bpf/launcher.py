@@ -185,6 +185,9 @@ def _supervisor_process(channel: socket.socket, config: RunConfig, root_pid: int
     from mstack_bpf.supervisor_main import serve_forever
 
     prctl.set_name("mstack-sv")
+    # Not dumpable: /proc/PID of the supervisor is root's, so a target of the same uid can
+    # neither write its memory (/proc/PID/mem, which no filter can see) nor reach its fds.
+    prctl.set_dumpable(False)
     for sig in _SUPERVISOR_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
     try:

@@ -70,6 +70,9 @@ class StackRegistry:
     @staticmethod
     def _candidates(name: str, tid: int) -> list[str]:
         root, cwd = f"/proc/{tid}/root", f"/proc/{tid}/cwd"
+        for own in ("/proc/self/", "/proc/thread-self/"):
+            if name.startswith(own):  # "self" is the target, not the supervisor that opens
+                return [f"/proc/{tid}/{name[len(own):]}"]
         if name.startswith("/"):
             return [root + name]
         if "/" in name:

@@ -54,10 +54,10 @@ def _setup_logging(verbose: int) -> None:
 
 def _rootless_helper(ns_fd: int) -> SocketMaker:
     """A process resident in a namespace we may not setns() into ourselves (a rootless
-    stack: it enters the owning user namespace first). It opens our fd through /proc."""
+    stack: it enters the owning user namespace first). It inherits ``ns_fd`` at the fork."""
     from mstack_bpf.stacks.helper import NetnsSocketHelper
 
-    return NetnsSocketHelper(f"/proc/{os.getpid()}/fd/{ns_fd}")
+    return NetnsSocketHelper(f"/proc/self/fd/{ns_fd}")
 
 
 def _enter_stacks(sockets: StackSockets, config: RunConfig) -> str | None:

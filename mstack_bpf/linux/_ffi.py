@@ -7,7 +7,6 @@ message can say ``ioctl(SECCOMP_IOCTL_NOTIF_ADDFD): Too many open files``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Any
 
@@ -25,7 +24,8 @@ class SyscallError(OSError):
         return f"{where}: {self.strerror}"
 
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# By soname: ctypes.util.find_library would run ldconfig at every start-up.
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mstack_bpf.linux._ffi import check, libc
 
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
@@ -20,3 +21,7 @@ def get_no_new_privs() -> bool:
 def set_name(name: str) -> None:
     """The thread's comm (at most 15 bytes), as ps and /proc/PID/comm show it."""
     check(libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+def set_dumpable(dumpable: bool) -> None:
+    check(libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")

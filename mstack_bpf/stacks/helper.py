@@ -140,10 +140,19 @@ def _serve(sock: socket.socket, netns_path: str) -> None:  # pragma: no cover - 
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 20)
-        err, step = _enter(netns_path)
+        # Open first: the path may name an fd we inherited (/proc/self/fd/N) — a
+        # non-dumpable parent's /proc/PID/fd is closed to us.
+        try:
+            ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            ns_fd = -(e.errno or errno.EIO)
+        keep = sorted({sock.fileno(), ns_fd}) if ns_fd >= 0 else [sock.fileno()]
+        previous = 2
+        for fd in keep:
+            os.closerange(previous + 1, fd)
+            previous = fd
+        os.closerange(previous + 1, 1 << 20)
+        err, step = _enter(ns_fd, netns_path)
         sock.send(_START.pack(err, step))
         if err == 0:
             _loop(sock)
@@ -151,11 +160,11 @@ def _serve(sock: socket.socket, netns_path: str) -> None:  # pragma: no cover - 
         os._exit(0)
 
 
-def _enter(netns_path: str) -> tuple[int, int]:  # pragma: no cover - helper
-    step = 1
+def _enter(fd: int, netns_path: str) -> tuple[int, int]:  # pragma: no cover - helper
+    if fd < 0:
+        return -fd, 1
+    step = 2
     try:
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        step = 2
         check_netns(fd, netns_path)
         step = 3
         userns = owning_userns(fd)

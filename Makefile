@@ -38,9 +38,11 @@ install: venv build
 	@install -m 644 policy/*.toml policy/README.md $(SHAREDIR)/policy/
 	@if [ -f include/msocket.h ]; then install -m 644 include/msocket.h $(INCDIR)/; fi
 	@echo "mstack installed: $$($(BINDIR)/mstack --version)"
+	@found=$$(command -v mstack); [ "$$found" = "$(BINDIR)/mstack" ] || \
+	  echo "warning: 'mstack' on PATH is $$found, not $(BINDIR)/mstack (View-OS' umview ships /usr/bin/mstack): put $(BINDIR) first in PATH" >&2
 
 lint: install
-	$(PY) -m ruff check mstack_bpf tests tools
+	$(PY) -m ruff check mstack_bpf tests bench
 	$(PY) -m mypy
 
 unit: install
@@ -53,6 +55,8 @@ demo: install
 	bash tools/demo.sh
 
 bench: install
+	@dpkg -s umview >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umview >/dev/null
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PREFIX)/bin/pip install -q matplotlib
 	$(PY) bench/run.py
 
 clean:

@@ -51,8 +51,9 @@ def sh(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 
 def build() -> None:
     BIN.mkdir(exist_ok=True)
-    for src, out, static in (("workload.c", "workload", False), ("workload.c", "workload.static", True),
-                             ("allowall.c", "allowall", False)):
+    targets = (("workload.c", "workload", False), ("workload.c", "workload.static", True),
+               ("allowall.c", "allowall", False))
+    for src, out, static in targets:
         args = ["cc", "-O2", "-o", str(BIN / out), str(HERE / src)]
         if static:
             args.insert(1, "-static")
@@ -114,13 +115,15 @@ def per_call(rows: list[Row], ns: str) -> None:
          ("socket", "2")),
         ("null family, mstack -o 4 null", [*m, "-o", "4", "null"], ("socket", "2")),
         ("redirected, mstack -o 4 NS", [*m, "-o", "4", ns], ("socket", "2")),
+        ("redirected, supervisor and command on one CPU (taskset -c 1)",
+         ["taskset", "-c", "1", *m, "-o", "4", ns], ("socket", "2")),
         ("redirected via msocket(NS)", [*m, "-o", "6", ns], ("msocket", f"/run/netns/{ns}", "2")),
         ("umview (View-OS, static)", UMVIEW, ("socket", "2")),
     ]
     for name, prefix, workload in socket_variants:
         null = "null family" in name
-        count = "2000" if prefix is UMVIEW or "redirected" in name or "CONTINUE" in name else (
-            "20000")
+        slow = prefix is UMVIEW or "redirected" in name or "CONTINUE" in name
+        count = "3000" if slow else "20000"
         if null:
             lo, med = measure_null(prefix, workload, count)
         else:
@@ -226,7 +229,7 @@ def ratios(rows: list[Row]) -> None:
 
 
 def table(rows: list[Row]) -> str:
-    out = [f"| benchmark | variant | min | median | ratio (min / median) | note |",
+    out = ["| benchmark | variant | min | median | ratio (min / median) | note |",
            "| --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         unit = ("µs", 1e3) if r.min_ns > 5000 else ("ns", 1.0)

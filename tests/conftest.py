@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,13 +100,36 @@ def host_cookie() -> int:
     return cookie_of_netns(None)
 
 
+def build_c(name: str) -> str:
+    """Compile tests/helpers/NAME.c into tests/bin/NAME (once a session) and return it."""
+    BIN.mkdir(exist_ok=True)
+    out = BIN / name
+    if name not in _BUILT:
+        run(["cc", "-O2", "-Wall", "-I", str(HERE.parent / "include"), "-o", str(out),
+             str(HELPERS / f"{name}.c")], check=True)
+        _BUILT.add(name)
+    return str(out)
+
+
+_BUILT: set[str] = set()
+
+
 @pytest.fixture(scope="session")
 def vectors() -> str:
     """The C program that tries every path to a socket."""
-    BIN.mkdir(exist_ok=True)
-    out = BIN / "vectors"
-    run(["cc", "-O2", "-Wall", "-o", str(out), str(HELPERS / "vectors.c")], check=True)
-    return str(out)
+    return build_c("vectors")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A temporary directory anyone can read (unprivileged targets read files from it;
+    /root and pytest's own temporary directories are closed to them)."""
+    path = Path(tempfile.mkdtemp(prefix="mstack-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def supervisors() -> set[int]:

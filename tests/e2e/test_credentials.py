@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,18 +31,13 @@ USER_PYTHON = "/usr/bin/python3"
 AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 
 
-@pytest.fixture(scope="module")
-def public_probe() -> Iterator[str]:
+@pytest.fixture
+def public_probe(shared_dir: Path) -> str:
     """A copy of the probe in a directory anyone may enter."""
-    d = tempfile.mkdtemp(prefix="mstack-probe-")
-    try:
-        os.chmod(d, 0o755)
-        path = Path(d, "probe.py")
-        shutil.copy(PROBE, path)
-        path.chmod(0o644)
-        yield str(path)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    path = shared_dir / "probe.py"
+    shutil.copy(PROBE, path)
+    path.chmod(0o644)
+    return str(path)
 
 
 def test_unprivileged_target_gets_exactly_its_native_permissions(netns: Netns,

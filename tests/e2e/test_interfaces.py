@@ -6,17 +6,14 @@ import json
 
 import pytest
 
-from tests.conftest import BIN, HELPERS, Netns, mstack, needs_root, run
+from tests.conftest import Netns, build_c, mstack, needs_root
 
 pytestmark = needs_root
 
 
 @pytest.fixture(scope="module")
 def ifaces() -> str:
-    BIN.mkdir(exist_ok=True)
-    out = BIN / "ifaces"
-    run(["cc", "-O2", "-Wall", "-o", str(out), str(HELPERS / "ifaces.c")], check=True)
-    return str(out)
+    return build_c("ifaces")
 
 
 def index_in(ns: Netns, name: str) -> int:

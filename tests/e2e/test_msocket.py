@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,8 +145,8 @@ int main(int argc, char **argv) {
 }
 ''')
     binary = tmp_path / "m"
-    root = Path(__file__).resolve().parents[2]
-    run(["cc", "-I", str(root / "include"), "-o", str(binary), str(source)], check=True)
+    run(["cc", "-I", str(HELPERS.parent.parent / "include"), "-o", str(binary), str(source)],
+        check=True)
     cp = mstack("native", str(binary), netns.name)
     assert cp.stdout.split("\n")[:2] == [f"socket {netns.cookie}", "after EAFNOSUPPORT"]
     outside = run([str(binary), netns.name])
@@ -157,13 +155,10 @@ int main(int argc, char **argv) {
 
 
 def test_unprivileged_target_may_name_only_stacks_of_its_tree(make_netns: object,
-                                                              tmp_path: Path) -> None:
+                                                              shared_dir: Path) -> None:
     a, b = make_netns(), make_netns()  # type: ignore[operator]
-    shared = Path(tempfile.mkdtemp(prefix="mstack-test-"))
-    shared.chmod(0o755)
-    probe = shared / "p.py"
+    probe = shared_dir / "p.py"
     probe.write_text(Path(PROBE).read_text())
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, str(probe)]
     out = report(mstack("-o", "4", a.name, *drop, "explicit", a.path, b.path))
-    shutil.rmtree(shared)
     assert out == {a.path: a.cookie, b.path: "EACCES", "plain": a.cookie}

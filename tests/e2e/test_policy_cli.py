@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,14 +44,9 @@ BAD_LINES = {1, 3, 5, 6, 7, 9}
 
 
 @pytest.fixture
-def tmp() -> Iterator[Path]:
+def tmp(shared_dir: Path) -> Path:
     """A temporary directory anyone can read (the ``nobody`` runs read files from it)."""
-    path = Path(tempfile.mkdtemp(prefix="mstack-policy-cli-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return shared_dir
 
 
 def write(directory: Path, name: str, text: str) -> str:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +25,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
-    BIN,
     HELPERS,
     MSTACK,
     PYTHON,
     Netns,
+    build_c,
     mstack,
     needs_root,
     run,
@@ -124,21 +123,13 @@ def probe(case: Case, *args: str, **kw: object) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def escape_bin() -> str:
-    BIN.mkdir(exist_ok=True)
-    out = BIN / "escape"
-    run(["cc", "-O2", "-Wall", "-o", str(out), str(HELPERS / "escape.c")], check=True)
-    return str(out)
+    return build_c("escape")
 
 
 @pytest.fixture
-def workdir() -> Iterator[Path]:
+def workdir(shared_dir: Path) -> Path:
     """A temporary directory anyone can read (also the ``nobody`` target)."""
-    path = Path(tempfile.mkdtemp(prefix="mstack-escape-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return shared_dir
 
 
 @pytest.fixture(params=["lockdown", "ip-only-through-build", "no-raw-packet"])

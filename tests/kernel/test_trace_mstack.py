@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_root, run
@@ -65,15 +63,10 @@ def test_verbose_under_lock_without_supervisor_still_reports() -> None:
                for line in cp.stderr.splitlines() if line.startswith("mstack: unix"))
 
 
-def test_verbose_without_ebpf_says_why_in_one_line() -> None:
-    shared = Path(tempfile.mkdtemp(prefix="mstack-test-"))
-    try:
-        shared.chmod(0o755)
-        cp = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                  "env", "PATH=/usr/local/bin:/usr/bin:/bin", "mstack", "-v", "native", "true"],
-                 cwd=str(shared))
-    finally:
-        shutil.rmtree(shared)
+def test_verbose_without_ebpf_says_why_in_one_line(shared_dir: Path) -> None:
+    cp = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+              "env", "PATH=/usr/local/bin:/usr/bin:/bin", "mstack", "-v", "native", "true"],
+             cwd=str(shared_dir))
     assert cp.returncode == 0, cp.stderr
     missing = [line for line in cp.stderr.splitlines() if "no socket table" in line]
     assert len(missing) == 1

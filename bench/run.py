@@ -90,7 +90,7 @@ def measure(prefix: list[str], *workload: str, static: bool = False) -> tuple[fl
     return float(result["min_ns"]), float(result["median_ns"])
 
 
-def per_call(rows: list[Row], ns: str) -> None:
+def per_call(rows: list[Row], ns: str, ns2: str) -> None:
     m = [MSTACK]
     variants_getpid = [
         ("native", [], False),
@@ -117,7 +117,11 @@ def per_call(rows: list[Row], ns: str) -> None:
         ("redirected, mstack -o 4 NS", [*m, "-o", "4", ns], ("socket", "2")),
         ("redirected, supervisor and command on one CPU (taskset -c 1)",
          ["taskset", "-c", "1", *m, "-o", "4", ns], ("socket", "2")),
+        ("redirected, own table (nested mstack: marker lookup)",
+         [*m, "-o", "4", ns, *m, "-o", "4", ns2], ("socket", "2")),
         ("redirected via msocket(NS)", [*m, "-o", "6", ns], ("msocket", f"/run/netns/{ns}", "2")),
+        ("native family, mstack -v --lock -o 6 null (eBPF tracing on)",
+         [*m, "-v", "--lock", "-o", "6", "null"], ("socket", "2")),
         ("umview (View-OS, static)", UMVIEW, ("socket", "2")),
     ]
     for name, prefix, workload in socket_variants:
@@ -269,7 +273,7 @@ def main() -> None:
     build()
     rows: list[Row] = []
     with namespaces(16) as stacks:
-        per_call(rows, stacks[0])
+        per_call(rows, stacks[0], stacks[1])
         tcp(rows, stacks[0])
         startup(rows, stacks[0])
         scale(rows, stacks)

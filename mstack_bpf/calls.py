@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from mstack_bpf.filter import (
     I386,
     MSOCKET_NR,
+    NR_EXIT_GROUP_I386,
+    NR_EXIT_GROUP_X86_64,
     NR_IOCTL_I386,
     NR_IOCTL_X86_64,
     SYS_SOCKET,
@@ -77,12 +79,18 @@ class IoctlCall:
 
 
 @dataclass(frozen=True)
+class ExitGroupCall:
+    """exit_group(2), sent to the supervisor only under ``-v``: the table goes out first."""
+
+
+@dataclass(frozen=True)
 class OtherCall:
     arch: int
     nr: int
 
 
-Call = SocketCall | SocketPairCall | SocketcallCall | MsocketCall | IoctlCall | OtherCall
+Call = (SocketCall | SocketPairCall | SocketcallCall | MsocketCall | IoctlCall | ExitGroupCall
+        | OtherCall)
 
 
 def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
@@ -92,6 +100,8 @@ def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
             return MsocketCall(args[0], _s32(args[1]), _s32(args[2]), _s32(args[3]))
         if nr == NR_IOCTL_X86_64:
             return IoctlCall(_s32(args[0]), args[1] & 0xFFFFFFFF, args[2])
+        if nr == NR_EXIT_GROUP_X86_64:
+            return ExitGroupCall()
         abi = X86_64
     elif arch == I386.arch:
         abi = I386
@@ -99,6 +109,8 @@ def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
             return SocketcallCall(_s32(args[0]), args[1] & 0xFFFFFFFF)
         if nr == NR_IOCTL_I386:
             return IoctlCall(_s32(args[0]), args[1] & 0xFFFFFFFF, args[2] & 0xFFFFFFFF, True)
+        if nr == NR_EXIT_GROUP_I386:
+            return ExitGroupCall()
     else:
         return OtherCall(arch, nr)
     if nr == abi.socket:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mstack_bpf.calls import (
     SOCK_DEFAULT,
     Call,
+    ExitGroupCall,
     IoctlCall,
     MsocketCall,
     OtherCall,
@@ -108,6 +109,8 @@ def decide(call: Call, table: Mapping) -> Decision:
             if netlink.kind is StackKind.NULL:
                 return Fail(errno.ENODEV)
             return InterfaceIoctl(netlink, call)
+        case ExitGroupCall():
+            return Continue()
         case OtherCall():
             return Fail(errno.ENOSYS)
     raise AssertionError(call)

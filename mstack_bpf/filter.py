@@ -59,6 +59,8 @@ class Abi:
 X86_64 = Abi(AUDIT_ARCH_X86_64, 41, 53, None, 425, 317, 272, 56, 435, 308, 101, 438, 311)
 NR_IOCTL_X86_64 = 16
 NR_IOCTL_I386 = 54
+NR_EXIT_GROUP_X86_64 = 231
+NR_EXIT_GROUP_I386 = 252
 
 #: the interface *get* requests in 0x8910–0x8947 (linux/sockios.h) answered from the netlink
 #: stack; per-socket requests and every SIOCSIF* set go to the kernel untouched
@@ -101,6 +103,7 @@ class FilterSpec:
     lock_any: bool                # some family is locked: refuse the escapes
     lock_native: bool             # some locked family is native: refuse new netns
     ioctl: int = ALLOW            # return for interface get ioctls (see INTERFACE_GETS)
+    hold_exit: bool = False       # exit_group goes to the supervisor (-v: table before exit)
 
     @staticmethod
     def from_mapping(mapping: Mapping) -> FilterSpec:
@@ -192,6 +195,9 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     if abi.socketcall is not None:
         asm.jump_far(abi.socketcall, f"{p}.socketcall")
     asm.jeq(abi.io_uring_setup, f"{p}.io_uring")
+    if spec.hold_exit and spec.supervised:
+        exit_group = NR_EXIT_GROUP_X86_64 if abi is X86_64 else NR_EXIT_GROUP_I386
+        asm.jump_far(exit_group, f"{p}.notify")
     if spec.ioctl != ALLOW:
         asm.jump_far(NR_IOCTL_X86_64 if abi is X86_64 else NR_IOCTL_I386, f"{p}.ioctl")
     if spec.lock_any:
@@ -209,6 +215,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
     asm.ret(spec.msocket if abi is X86_64 else errno_ret(errno.ENOSYS))
     asm.label(f"{p}.io_uring")
     asm.ret(spec.io_uring)
+    asm.label(f"{p}.notify")
+    asm.ret(NOTIFY)
     _family_switch(asm, f"{p}.socket", spec.socket, packet_type=True)
     if spec.ioctl != ALLOW:
         _interface_ioctls(asm, p, spec.ioctl)

@@ -11,6 +11,7 @@ command, not the supervisor, and a command that waits for its children never wai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -82,6 +83,8 @@ def run(config: RunConfig) -> NoReturn:
             _lock_below(config)
         _exec(path, config.argv)
     spec = FilterSpec.from_mapping(config.mapping)
+    if config.verbose:
+        spec = dataclasses.replace(spec, hold_exit=True)
     program = compile_filter(spec)
     if config.no_new_privs or os.geteuid() != 0:
         prctl.set_no_new_privs()  # the kernel requires it without CAP_SYS_ADMIN

@@ -25,6 +25,7 @@ class SocketReport:
     def __init__(self, root_pid: int, mapping: Mapping, stacks: Iterable[OpenStack],
                  verbose: int) -> None:
         self.verbose = verbose
+        self.root_pid = root_pid
         self.pidfd = os.pidfd_open(root_pid)
         self.events: list[object] = []
         self.reason: str | None = None
@@ -88,6 +89,11 @@ class SocketReport:
         os.dup2(devnull, 2)  # hold no terminal or pipe once the command is gone
         os.close(devnull)
         return False
+
+    def before_exit(self, tid: int) -> None:
+        """The command calls exit_group: print the table now, before its parent goes on."""
+        if tid == self.root_pid:
+            self.finish()
 
     def tick(self) -> None:
         if self.tracer is not None:

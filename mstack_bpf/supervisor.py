@@ -15,7 +15,13 @@ import struct
 from collections.abc import Callable
 
 from mstack_bpf import ifioctl
-from mstack_bpf.calls import SOCK_CLOEXEC, MsocketCall, decode, decode_socketcall
+from mstack_bpf.calls import (
+    SOCK_CLOEXEC,
+    ExitGroupCall,
+    MsocketCall,
+    decode,
+    decode_socketcall,
+)
 from mstack_bpf.decide import (
     Continue,
     Create,
@@ -51,8 +57,10 @@ class Supervisor:
         self.tables = tables
         self.registry = registry
         self.sockets = sockets
-        #: called with (tid, call, decision, result) after each call, for -vv and counters
+        #: called with (tid, call, decision, result) after each call, for -vvv
         self.observers: list[Observer] = []
+        #: called with the caller's tid before its exit_group goes on (only sent under -v)
+        self.before_exit: Callable[[int], None] | None = None
 
     def serve(self, extra: dict[int, Callable[[], bool]] | None = None,
               tick: Callable[[], None] | None = None, tick_ms: int = 100) -> None:
@@ -89,6 +97,8 @@ class Supervisor:
             raise
         nid, tid, data = notif.id, notif.pid, notif.data
         call = decode(data.arch, data.nr, tuple(data.args))
+        if isinstance(call, ExitGroupCall) and self.before_exit is not None:
+            self.before_exit(tid)
         outcome: Outcome
         try:
             outcome = self._final(nid, tid, decide(call, self.tables.table_for(tid)))

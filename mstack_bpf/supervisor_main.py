@@ -113,5 +113,6 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     if report is None:
         supervisor.serve()
     else:
+        supervisor.before_exit = report.before_exit
         supervisor.serve(report.handlers(), report.tick, TICK_MS)
         report.finish()  # the listener and the pidfd may report in the same poll

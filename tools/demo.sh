@@ -69,7 +69,7 @@ say "exec mstack null bash   # in a shell: the same PID, no network"
 bash -c 'echo "  shell pid $$"; exec mstack null bash -c "echo \"  after exec: pid \$\$\"; ip -br addr 2>&1 | sed \"s/^/  /\""'
 say "mstack --lock -o ip null bash -c 'mstack -o ip $STACK true'   # a lock holds"
 mstack --lock -o ip null bash -c "mstack -o ip $STACK true" || true
-if mstack -v -o ip "$STACK" true 2>&1 | grep -q "sockets"; then
+if mstack -v -o ip "$STACK" true 2>&1 | grep -q "SOCKETS"; then
     say "mstack -v -o ip $STACK curl ...   # which stack every socket used (eBPF)"
     mstack -v -o ip "$STACK" curl -s -o /dev/null "http://127.0.0.1:$PORT/" || true
 fi

@@ -132,7 +132,7 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
         count = "3000" if slow else "20000"
         if null:
             lo, med = measure_null(prefix, workload, count)
-        elif prefix[0] == "busy":
+        elif prefix[:1] == ["busy"]:
             with spinners():
                 lo, med = measure(prefix[1:], *workload, count)
         else:

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BIN = HERE / "bin"
@@ -45,8 +46,8 @@ class Row:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def sh(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, **kw)
 
 
 def build() -> None:
@@ -106,7 +107,7 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
             count = str(int(n) // 100) if prefix is UMVIEW else n
             lo, med = measure(prefix, *workload, count, static=static)
             rows.append(Row(group, name, lo, med))
-    socket_variants = [
+    socket_variants: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("native", [], ("socket", "2")),
         ("native family, mstack --lock -o 6 null", [*m, "--lock", "-o", "6", "null"],
          ("socket", "2")),
@@ -126,17 +127,17 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
          [*m, "-v", "--lock", "-o", "6", "null"], ("socket", "2")),
         ("umview (View-OS, static)", UMVIEW, ("socket", "2")),
     ]
-    for name, prefix, workload in socket_variants:
+    for name, prefix, args in socket_variants:
         null = "null family" in name
         slow = prefix is UMVIEW or "redirected" in name or "CONTINUE" in name
         count = "3000" if slow else "20000"
         if null:
-            lo, med = measure_null(prefix, workload, count)
+            lo, med = measure_null(prefix, args, count)
         elif prefix[:1] == ["busy"]:
             with spinners():
-                lo, med = measure(prefix[1:], *workload, count)
+                lo, med = measure(prefix[1:], *args, count)
         else:
-            lo, med = measure(prefix, *workload, count, static=prefix is UMVIEW)
+            lo, med = measure(prefix, *args, count, static=prefix is UMVIEW)
         rows.append(Row("socket()+close()", name, lo, med))
 
 
@@ -253,7 +254,9 @@ def ratios(rows: list[Row]) -> None:
     for group in ("getpid", "read /dev/zero"):
         allow = next((r for r in rows if r.group == group and r.name.startswith("allow-all")),
                      None)
-        for row in rows if allow else []:
+        if allow is None:
+            continue
+        for row in rows:
             if row.group == group and row.name.startswith("mstack"):
                 row.note = f"{allow.median_ns / row.median_ns:.3f} of allow-all"
 

@@ -31,6 +31,7 @@ BIN = HERE / "bin"
 MSTACK = shutil.which("mstack", path="/usr/local/bin") or "mstack"
 UMVIEW = ["env", "LD_BIND_NOW=1", "umview", "-x", "-p", "umnet"]
 REPS = "7"
+ROUNDS = 3
 
 
 @dataclass
@@ -103,10 +104,16 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
     ]
     for group, workload, n in (("getpid", ("getpid",), "2000000"),
                                ("read /dev/zero", ("readzero",), "1000000")):
-        for name, prefix, static in variants_getpid:
-            count = str(int(n) // 100) if prefix is UMVIEW else n
-            lo, med = measure(prefix, *workload, count, static=static)
-            rows.append(Row(group, name, lo, med))
+        # Rounds interleaved across variants: a few percent of drift would otherwise land
+        # on whichever variant ran during it.
+        results: dict[str, list[tuple[float, float]]] = {v[0]: [] for v in variants_getpid}
+        for _ in range(ROUNDS):
+            for name, prefix, static in variants_getpid:
+                count = str(int(n) // 100) if prefix is UMVIEW else n
+                results[name].append(measure(prefix, *workload, count, static=static))
+        for name, _, _ in variants_getpid:
+            rows.append(Row(group, name, min(r[0] for r in results[name]),
+                            statistics.median(r[1] for r in results[name])))
     socket_variants: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("native", [], ("socket", "2")),
         ("native family, mstack --lock -o 6 null", [*m, "--lock", "-o", "6", "null"],

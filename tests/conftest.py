@@ -27,6 +27,19 @@ needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (CAP_SYS_ADMIN for namespaces and seccomp)")
 
 
+def _ebpf_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "eBPF tracing needs root (kernel.unprivileged_bpf_disabled)"
+    from mstack_bpf.trace.tracer import unavailable_reason
+
+    reason = unavailable_reason(load=False)
+    return f"eBPF tracing unavailable: {reason}" if reason else None
+
+
+_EBPF_MISSING = _ebpf_missing()
+needs_ebpf = pytest.mark.skipif(_EBPF_MISSING is not None, reason=str(_EBPF_MISSING))
+
+
 def run(args: list[str], timeout: float = 30, check: bool = False,
         **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=check,

@@ -15,13 +15,9 @@ from pathlib import Path
 import pytest
 
 import mstack_bpf
-from mstack_bpf.trace.tracer import unavailable_reason
+from tests.conftest import needs_ebpf
 
-if os.geteuid() != 0:
-    pytest.skip("eBPF tracing needs root", allow_module_level=True)
-_REASON = unavailable_reason(load=False)
-if _REASON:
-    pytest.skip(f"eBPF tracing unavailable: {_REASON}", allow_module_level=True)
+pytestmark = needs_ebpf
 
 PY = sys.executable
 ROOT = str(Path(mstack_bpf.__file__).resolve().parent.parent)

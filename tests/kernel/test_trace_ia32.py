@@ -12,13 +12,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from mstack_bpf.trace.events import Call
-from mstack_bpf.trace.tracer import Tracer, unavailable_reason
+from mstack_bpf.trace.tracer import Tracer
+from tests.conftest import needs_ebpf
 
-if os.geteuid() != 0:
-    pytest.skip("eBPF tracing needs root", allow_module_level=True)
-_REASON = unavailable_reason(load=False)
-if _REASON:
-    pytest.skip(f"eBPF tracing unavailable: {_REASON}", allow_module_level=True)
+pytestmark = needs_ebpf
 
 MAP_32BIT = 0x40  # int 0x80 takes 32-bit pointers: code and data below 4 GiB
 SYS_SOCKET, SYS_SOCKETPAIR = 1, 8

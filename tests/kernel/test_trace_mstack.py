@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_root, run
+from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_ebpf, needs_root, run
 
-pytestmark = needs_root
+pytestmark = [needs_root, needs_ebpf]
 PROBE = str(HELPERS / "trace_probe.py")
 
 

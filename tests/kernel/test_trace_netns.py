@@ -16,12 +16,9 @@ import pytest
 from mstack_bpf.trace.events import Call, Event
 from mstack_bpf.trace.names import StackNames
 from mstack_bpf.trace.tracer import Tracer, unavailable_reason
+from tests.conftest import needs_ebpf
 
-if os.geteuid() != 0:
-    pytest.skip("eBPF tracing needs root", allow_module_level=True)
-_REASON = unavailable_reason(load=False)
-if _REASON:
-    pytest.skip(f"eBPF tracing unavailable: {_REASON}", allow_module_level=True)
+pytestmark = needs_ebpf
 
 PY = sys.executable
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_ebpf, needs_root, run
 
-pytestmark = [needs_root, needs_ebpf]
+pytestmark = needs_root
 PROBE = str(HELPERS / "trace_probe.py")
 
 
@@ -26,6 +26,7 @@ def run_traced(mstack_args: list[str],
     return report, mine
 
 
+@needs_ebpf
 def test_traced_stacks_equal_what_the_target_sees(make_netns: object) -> None:
     a, b = make_netns(), make_netns()  # type: ignore[operator]
     specs = ["2", "1", "10", f"{b.path}:2", "null:2", "/nonexistent:2"]
@@ -47,6 +48,7 @@ def test_traced_stacks_equal_what_the_target_sees(make_netns: object) -> None:
     assert [e["errno"] for e in refused] == ["EAFNOSUPPORT", "ENOENT"]
 
 
+@needs_ebpf
 def test_verbose_table_counts_sockets_per_family_and_stack(netns: Netns) -> None:
     cp = mstack("-v", "-o", "4", netns.name, PYTHON, PROBE, "2", "2", "1", "null:2")
     table = [line.removeprefix("mstack: ").split() for line in cp.stderr.splitlines()
@@ -56,6 +58,7 @@ def test_verbose_table_counts_sockets_per_family_and_stack(netns: Netns) -> None
     assert ["ipv4", "-", "0", "EAFNOSUPPORT×1"] in table  # msocket("null"): no socket
 
 
+@needs_ebpf
 def test_verbose_under_lock_without_supervisor_still_reports() -> None:
     cp = mstack("-v", "--lock", "-o", "4", "null", PYTHON, PROBE, "2", "1")
     assert "EAFNOSUPPORT×1" in cp.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mstack_bpf.factory import StackSockets
 from mstack_bpf.linux import creds as creds_mod
@@ -40,10 +40,14 @@ class StackRegistry:
     def known(self, ino: int) -> bool:
         return ino in self._by_ino
 
-    def open_for_target(self, raw: bytes, tid: int, sockets: StackSockets) -> Stack:
+    def open_for_target(self, raw: bytes, tid: int, sockets: StackSockets,
+                        still_valid: Callable[[], bool]) -> Stack:
         """The stack msocket's ``raw`` path names, opened in the target's root and cwd with
         its filesystem credentials; OSError ENOENT (no file), ENOTSUP (not a stack) or
-        EACCES (an unprivileged target naming a stack it has no claim to)."""
+        EACCES (an unprivileged target naming a stack it has no claim to).
+
+        Everything here goes through /proc/TID: a new stack is kept only if ``still_valid()``
+        confirms afterwards that TID is still the caller (not a reused tid)."""
         if raw in _RESERVED:
             return self._permit(_RESERVED[raw])
         name = raw.decode("utf-8", "surrogateescape")
@@ -60,6 +64,9 @@ class StackRegistry:
         if self._nameable is not None or not self._may_name(fd, who):
             os.close(fd)
             raise OSError(errno.EACCES, f"{name}: not a stack this process may name")
+        if not still_valid():
+            os.close(fd)
+            raise OSError(errno.ENOENT, "caller gone")
         return self._add(OpenStack(Stack(StackKind.NETNS, name, name), fd, ino)).stack
 
     def _permit(self, stack: Stack) -> Stack:

@@ -159,7 +159,8 @@ class Supervisor:
         raw = procmem.read_string(tid, call.path_ptr) if call.path_ptr else None
         if not self.listener.id_valid(nid):
             raise OSError(errno.ENOENT, "caller gone")
-        named = None if raw is None else self.registry.open_for_target(raw, tid, self.sockets)
+        named = None if raw is None else self.registry.open_for_target(
+            raw, tid, self.sockets, lambda: self.listener.id_valid(nid))
         return decide_msocket(call, self.tables.table_for(tid), named)
 
     def _set_default(self, nid: int, tid: int, d: SetDefault) -> int:
@@ -192,10 +193,15 @@ class Supervisor:
             if e.errno in _GONE:
                 return -errno.ENOENT
             raise
-        # /proc was read by pid: make sure that pid is still the caller we were asked about.
-        if not self.listener.id_valid(nid):
-            return -errno.ENOENT
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
+        # Whatever was just opened through /proc by tid must be the caller's: the tid may
+        # have been reused since RECV. (A status file opened earlier that still reads comes
+        # from the task that has held the tid all along.)
+        if ((target is not None and target.reopened) or temporary) and not (
+                self.listener.id_valid(nid)):
+            if temporary:
+                os.close(ns_fd)
+            return -errno.ENOENT
         try:
             fd = self.sockets.make(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         except OSError as e:

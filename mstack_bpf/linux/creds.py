@@ -38,6 +38,10 @@ class Creds:
     cap_eff: int
     cap_prm: int
     tid: int = 0
+    #: /proc/TID/status was opened for this read, so TID may by now name another task (a
+    #: reused tid): the caller must confirm it. A read through a file opened earlier that
+    #: still succeeds comes from the task that has held TID all along.
+    reopened: bool = True
 
     @property
     def userns(self) -> int:
@@ -59,7 +63,9 @@ class _StatusFiles:
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._size = size
 
-    def read(self, tid: int) -> bytes:
+    def read(self, tid: int) -> tuple[bytes, bool]:
+        """The file's content, and whether it had to be opened now."""
+        reopened = False
         fd = self._fds.pop(tid, None)
         if fd is not None:
             try:
@@ -68,6 +74,7 @@ class _StatusFiles:
                 os.close(fd)
                 fd = None
         if fd is None:
+            reopened = True
             fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 data = os.pread(fd, 4096, 0)
@@ -77,7 +84,7 @@ class _StatusFiles:
         self._fds[tid] = fd
         if len(self._fds) > self._size:
             os.close(self._fds.popitem(last=False)[1])
-        return data
+        return data, reopened
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -90,7 +97,7 @@ _status = _StatusFiles()
 
 def read_creds(tid: int) -> Creds:
     """Credentials of thread ``tid``, read now; raises ``OSError`` (ENOENT, ESRCH) if gone."""
-    text = _status.read(tid)
+    text, reopened = _status.read(tid)
     values = []
     for key in _FIELDS:
         start = text.index(key) + len(key)
@@ -104,6 +111,7 @@ def read_creds(tid: int) -> Creds:
         cap_prm=int(values[3], 16),
         cap_eff=int(values[4], 16),
         tid=tid,
+        reopened=reopened,
     )
 
 

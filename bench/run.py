@@ -174,6 +174,8 @@ def tcp(rows: list[Row], ns: str) -> None:
     loopback TCP on a small VM swings by ±40 % with placement and drift."""
     port = "5201"
     variants = (("ip netns exec NS", ["ip", "netns", "exec", ns]),
+                ("ip netns exec NS + allow-all seccomp filter",
+                 ["ip", "netns", "exec", ns, str(BIN / "allowall")]),
                 ("mstack NS (redirected)", [MSTACK, "-o", "ip", ns]))
     for chunk, total in (("128", "50000000"), ("65536", "2000000000")):
         results: dict[str, list[float]] = {name: [] for name, _ in variants}

@@ -78,7 +78,7 @@ class Supervisor:
                 tick()
             for fd, events in ready:
                 if fd != self.listener.fd:
-                    if not handlers[fd]():
+                    if not _safely(handlers[fd]):
                         poller.unregister(fd)
                         del handlers[fd]
                         if not handlers:
@@ -98,7 +98,7 @@ class Supervisor:
         nid, tid, data = notif.id, notif.pid, notif.data
         call = decode(data.arch, data.nr, tuple(data.args))
         if isinstance(call, ExitGroupCall) and self.before_exit is not None:
-            self.before_exit(tid)
+            _safely(self.before_exit, tid)
         outcome: Outcome
         try:
             outcome = self._final(nid, tid, decide(call, self.tables.table_for(tid)))
@@ -115,7 +115,10 @@ class Supervisor:
     def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome:
         """Follow a decision that needs the target's memory to the decision proper."""
         if isinstance(decision, ReadSocketcall):
-            words = struct.unpack("=3I", procmem.read(tid, decision.argp, 12))
+            block = procmem.read(tid, decision.argp, 12)
+            if len(block) != 12:
+                raise OSError(errno.EFAULT, "socketcall arguments")
+            words = struct.unpack("=3I", block)
             if not self.listener.id_valid(nid):
                 raise OSError(errno.ENOENT, "caller gone")
             return decide(decode_socketcall(decision.call, words), self.tables.table_for(tid))
@@ -227,6 +230,16 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _safely(handler: Callable[..., object], *args: object) -> bool:
+    """Run an optional side job (the -v report): its failure must not stop the serving.
+    True unless the handler failed or returned False (not to be called again)."""
+    try:
+        return handler(*args) is not False
+    except Exception:
+        log.exception("supervisor: a reporting handler failed; going on without it")
+        return False
 
 
 def describe(tid: int, call: object, decision: Outcome, result: int) -> str:

@@ -105,6 +105,7 @@ def test_vectors_every_abi_lands_in_the_stack_or_is_refused(netns: Netns, vector
     assert result["x32"]["errno"] == "ENOSYS"
     assert result["io_uring_setup"]["errno"] == "ENOSYS"
     assert result["i386_io_uring_setup"]["errno"] == "ENOSYS"
+    assert result["i386_socketcall_efault"]["errno"] == "EFAULT"
 
 
 def test_vectors_under_null_are_all_refused(vectors: str) -> None:

@@ -71,6 +71,8 @@ int main(int argc, char **argv) {
     block[1] = SOCK_STREAM;
     block[2] = 0;
     report_raw("i386_socketcall", int80(102, 1 /* SYS_SOCKET */, (long)(uintptr_t)block, 0));
+    /* arguments at an unmapped address: EFAULT natively, and under mstack too */
+    report_raw("i386_socketcall_efault", int80(102, 1 /* SYS_SOCKET */, 0x1000, 0));
     struct io_uring_params params;
     memset(&params, 0, sizeof params);
     errno = 0;

@@ -70,7 +70,9 @@ class FamilyList(click.ParamType):  # type: ignore[type-arg]
 )
 @click.option("-o", "families", metavar="LIST", multiple=True, type=FamilyList(),
               help="Families to take from STACK (default: all).")
-@click.option("-v", "--verbose", count=True, help="Show the mapping on stderr (-vv: every call).")
+@click.option("-v", "--verbose", count=True,
+              help="On stderr: the mapping, and which stack each socket used when COMMAND "
+                   "exits (eBPF); -vv: every socket call; -vvv: debug.")
 @click.option("--lock", is_flag=True,
               help="Make this mapping final: nothing below may change any family.")
 @click.option("--no-new-privs", is_flag=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import socket
 from collections.abc import Callable
@@ -22,8 +21,6 @@ from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import netns
 from mstack_bpf.linux._ffi import SyscallError, libc
 from mstack_bpf.linux.creds import Creds
-
-log = logging.getLogger("mstack.supervisor")
 
 _socket = libc.socket
 _socket.restype = ctypes.c_int

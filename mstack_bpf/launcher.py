@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import shutil
 import signal
@@ -31,8 +30,6 @@ from mstack_bpf.linux import prctl, seccomp
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.model import Mapping
 from mstack_bpf.resolve import OpenStack, open_stack
-
-log = logging.getLogger("mstack")
 
 _SUPERVISOR_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP,
                        signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE)

@@ -245,6 +245,8 @@ def test_veth_dns_stub(new_name: Callable[[], str]) -> None:
     conf = Path(f"/run/mstack/stacks/{name}/resolv.conf").read_text()
     assert f"nameserver {host_ip}" in conf
     stop = threading.Event()
+    # the stub listens on the host end of the test's own veth; 10.99.98.97 is only the
+    # answer it gives, never an address anything is sent to
     stub = _dns_stub(host_ip, "10.99.98.97", stop)
     try:
         res = netns_exec(name, sys.executable, "-c", _DNS_QUERY, resolver)
@@ -278,6 +280,8 @@ def test_slirp_host_loopback_off_by_default(new_name: Callable[[], str], host_ht
     name = new_name()
     ok("add", name, "--user-net", "--backend", "slirp4netns")
     assert info(name)["host_alias"] is None
+    # 10.0.2.2 is slirp4netns' own alias for the host's loopback (DESIGN §5 "Network in
+    # tests"); with host loopback off, slirp refuses it: nothing leaves the machine.
     res = netns_exec(name, "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
                      f"http://10.0.2.2:{host_http}/")  # fmt: skip
     assert res.stdout != "200"

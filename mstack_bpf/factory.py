@@ -26,7 +26,6 @@ _socket = libc.socket
 _socket.restype = ctypes.c_int
 _socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
 
-CAP_SETUID = 7
 
 
 class SocketMaker(Protocol):
@@ -47,8 +46,9 @@ class StackSockets:
 
     def __init__(self, helper_factory: Callable[[int], SocketMaker] | None = None) -> None:
         self.own = creds_mod.own_creds()
-        #: only a supervisor that could grant more than the target has must switch
-        self.privileged = bool(self.own.cap_eff & (1 << CAP_SETUID))
+        #: a supervisor holding any capability could grant more than the target has: it
+        #: switches (and, lacking CAP_SETUID, fails closed rather than lend its own)
+        self.privileged = bool(self.own.cap_eff) or self.own.uids[1] == 0
         self._current: int | None = None  # inode of the namespace this thread is in
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory

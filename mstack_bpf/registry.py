@@ -30,6 +30,8 @@ class StackRegistry:
         self._nameable = mapping.nameable() if mapping and mapping.restricted else None
 
     def _add(self, item: OpenStack) -> OpenStack:
+        """Register a namespace; an existing entry is never replaced (a target must not be
+        able to swap what a stack of the mapping means)."""
         self._by_ino.setdefault(item.ino, item)
         self._by_stack[item.stack] = item
         return self._by_ino[item.ino]
@@ -67,7 +69,10 @@ class StackRegistry:
         if not still_valid():
             os.close(fd)
             raise OSError(errno.ENOENT, "caller gone")
-        return self._add(OpenStack(Stack(StackKind.NETNS, name, name), fd, ino)).stack
+        # Named by its inode: the same path may mean another namespace to another process
+        # (a mount namespace of its own), so a new namespace never equals a mapped stack.
+        stack = Stack(StackKind.NETNS, name, name)
+        return self._add(OpenStack(stack, fd, ino)).stack
 
     def _permit(self, stack: Stack) -> Stack:
         if self._nameable is not None and stack not in self._nameable:

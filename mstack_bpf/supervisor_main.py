@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket
 import sys
 
@@ -72,11 +73,20 @@ def _enter_stacks(sockets: StackSockets, config: RunConfig) -> str | None:
     return None
 
 
+def _raise_fd_limit() -> None:
+    """Tables, stacks and status files each hold a descriptor: take the hard limit, so that
+    a tree cannot run the supervisor out of them before its own bounds (tables.MAX_TABLES)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> None:
     keep = {channel.fileno(), *(s.fd for s in config.stacks)}
     if config.verbose:
         keep.add(2)
     _close_other_fds(keep)
+    _raise_fd_limit()
     _setup_logging(config.verbose)
     try:
         _, fds, _, _ = socket.recv_fds(channel, 16, 1)

@@ -33,7 +33,7 @@ class StackRegistry:
         """Register a namespace; an existing entry is never replaced (a target must not be
         able to swap what a stack of the mapping means)."""
         self._by_ino.setdefault(item.ino, item)
-        self._by_stack[item.stack] = item
+        self._by_stack.setdefault(item.stack, item)
         return self._by_ino[item.ino]
 
     def get(self, stack: Stack) -> OpenStack:
@@ -71,7 +71,7 @@ class StackRegistry:
             raise OSError(errno.ENOENT, "caller gone")
         # Named by its inode: the same path may mean another namespace to another process
         # (a mount namespace of its own), so a new namespace never equals a mapped stack.
-        stack = Stack(StackKind.NETNS, name, name)
+        stack = Stack(StackKind.NETNS, name, f"netns:[{ino}]")
         return self._add(OpenStack(stack, fd, ino)).stack
 
     def _permit(self, stack: Stack) -> Stack:

@@ -26,6 +26,7 @@ from mstack_bpf.linux.seccomp import (
     Instruction,
 )
 from mstack_bpf.model import Mapping, StackKind
+from mstack_bpf.tables import MARKER_FD
 
 MSOCKET_NR = -5 & 0xFFFFFFFF
 X32_SYSCALL_BIT = 0x40000000
@@ -61,6 +62,15 @@ NR_IOCTL_X86_64 = 16
 NR_IOCTL_I386 = 54
 NR_EXIT_GROUP_X86_64 = 231
 NR_EXIT_GROUP_I386 = 252
+
+#: calls that could drop a descriptor (the per-process table's marker, see tables.py), by
+#: ABI: (close, dup2, dup3, close_range, fcntl calls, ioctl)
+GUARD_NRS = {
+    AUDIT_ARCH_X86_64: (3, 33, 292, 436, (72,), 16),
+    AUDIT_ARCH_I386: (6, 63, 330, 436, (55, 221), 54),
+}
+F_SETFD = 2
+FIOCLEX = 0x5451
 
 #: the interface *get* requests in 0x8910–0x8947 (linux/sockios.h) answered from the netlink
 #: stack; per-socket requests and every SIOCSIF* set go to the kernel untouched
@@ -104,6 +114,7 @@ class FilterSpec:
     lock_native: bool             # some locked family is native: refuse new netns
     ioctl: int = ALLOW            # return for interface get ioctls (see INTERFACE_GETS)
     hold_exit: bool = False       # exit_group goes to the supervisor (-v: table before exit)
+    guard_fd: int | None = None   # a descriptor nothing may close, replace or mark cloexec
 
     @staticmethod
     def from_mapping(mapping: Mapping) -> FilterSpec:
@@ -158,6 +169,9 @@ class FilterSpec:
             supervised=False,
             lock_any=True,
             lock_native=True,
+            # Our table lives in the marker: dropping it would fall back to the outer,
+            # unlocked mapping.
+            guard_fd=MARKER_FD,
         )
 
 
@@ -205,6 +219,15 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
         asm.jump_far(abi.ptrace, f"{p}.ptrace")
         asm.jeq(abi.pidfd_getfd, f"{p}.eperm")
         asm.jeq(abi.process_vm_writev, f"{p}.eperm")
+    if spec.guard_fd is not None:
+        close, dup2, dup3, close_range, fcntls, ioctl = GUARD_NRS[abi.arch]
+        asm.jump_far(close, f"{p}.guard.arg0")
+        asm.jump_far(dup2, f"{p}.guard.arg1")
+        asm.jump_far(dup3, f"{p}.guard.arg1")
+        asm.jump_far(close_range, f"{p}.guard.range")
+        for fcntl in fcntls:
+            asm.jump_far(fcntl, f"{p}.guard.fcntl")
+        asm.jump_far(ioctl, f"{p}.guard.ioctl")
     if spec.lock_native:
         asm.jump_far(abi.unshare, f"{p}.nsflags0")
         asm.jump_far(abi.clone, f"{p}.nsflags0")
@@ -225,6 +248,8 @@ def _abi_section(asm: Asm, abi: Abi, p: str, spec: FilterSpec) -> None:
         _socketcall(asm, p, spec)
     if spec.lock_any:
         _lock_checks(asm, p, spec)
+    if spec.guard_fd is not None:
+        _guard_checks(asm, p, spec.guard_fd)
     asm.label(f"{p}.eperm")
     asm.ret(errno_ret(errno.EPERM))
     asm.label(f"{p}.enosys")
@@ -297,6 +322,34 @@ def _socketcall(asm: Asm, p: str, spec: FilterSpec) -> None:
     asm.label(f"{p}.socketcall.decide")
     # Without a supervisor nobody can read the family: refuse the whole path.
     asm.ret(NOTIFY if spec.supervised else errno_ret(errno.ENOSYS))
+
+
+def _guard_checks(asm: Asm, p: str, fd: int) -> None:
+    """EPERM for close(fd), dup2/dup3 onto fd, a close_range over fd, and setting
+    close-on-exec on fd (fcntl F_SETFD, ioctl FIOCLEX)."""
+    asm.label(f"{p}.guard.arg0")
+    asm.load(off_arg_low(0))
+    asm.jeq(fd, f"{p}.eperm")
+    asm.ret(ALLOW)
+    asm.label(f"{p}.guard.arg1")
+    asm.load(off_arg_low(1))
+    asm.jeq(fd, f"{p}.eperm")
+    asm.ret(ALLOW)
+    asm.label(f"{p}.guard.range")
+    asm.load(off_arg_low(0))
+    asm.jge(fd + 1, f"{p}.guard.allow")  # first > fd
+    asm.load(off_arg_low(1))
+    asm.jge(fd, f"{p}.eperm")  # last >= fd
+    asm.ret(ALLOW)
+    for call, request in (("fcntl", F_SETFD), ("ioctl", FIOCLEX)):
+        asm.label(f"{p}.guard.{call}")
+        asm.load(off_arg_low(0))
+        asm.jeq(fd, None, f"{p}.guard.allow")
+        asm.load(off_arg_low(1))
+        asm.jeq(request, f"{p}.eperm")
+        asm.ret(ALLOW)
+    asm.label(f"{p}.guard.allow")
+    asm.ret(ALLOW)
 
 
 def _lock_checks(asm: Asm, p: str, spec: FilterSpec) -> None:

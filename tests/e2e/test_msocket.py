@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from pathlib import Path
@@ -162,3 +163,36 @@ def test_unprivileged_target_may_name_only_stacks_of_its_tree(make_netns: object
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, str(probe)]
     out = report(mstack("-o", "4", a.name, *drop, "explicit", a.path, b.path))
     assert out == {a.path: a.cookie, b.path: "EACCES", "plain": a.cookie}
+
+
+NESTED_ESCAPE = r'''
+import errno, os, socket, struct, subprocess, sys
+def where():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
+out = {"before": where()}
+for name, call in (("close", lambda: os.close(1023)),
+                   ("dup2", lambda: os.dup2(0, 1023)),
+                   ("cloexec", lambda: os.set_inheritable(1023, False))):
+    try:
+        call()
+        out[name] = "done"
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+out["after"] = where()
+code = "import socket,struct;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);" \
+       "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])"
+out["child"] = int(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  text=True).stdout)  # close_fds=True: close_range
+print(out)
+'''
+
+
+def test_nested_lock_keeps_its_table_against_fd_games(make_netns: object) -> None:
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    cp = mstack("-o", "4", a.name, "mstack", "--lock", "-o", "4", b.name,
+                PYTHON, "-c", NESTED_ESCAPE)
+    assert cp.returncode == 0, cp.stderr
+    out = ast.literal_eval(cp.stdout)  # a dict literal printed by the script above
+    assert out == {"before": b.cookie, "close": "EPERM", "dup2": "EPERM", "cloexec": "EPERM",
+                   "after": b.cookie, "child": b.cookie}

@@ -165,10 +165,10 @@ def as_target(target: Creds, own: Creds) -> Iterator[None]:
     gets none here, since its CapEff would mean more in ours than in its own.
     """
     cap_eff = target.cap_eff if target.userns == own.userns else 0
-    _setgroups(target.groups)
-    syscall(NR_setresgid, target.gids[0], target.gids[1], target.gids[2], call="setresgid")
-    syscall(NR_setresuid, target.uids[0], target.uids[1], own.uids[2], call="setresuid")
-    try:
+    try:  # a step that fails half-way is undone too: the thread must never keep them
+        _setgroups(target.groups)
+        syscall(NR_setresgid, target.gids[0], target.gids[1], target.gids[2], call="setresgid")
+        syscall(NR_setresuid, target.uids[0], target.uids[1], own.uids[2], call="setresuid")
         _capset(cap_eff & own.cap_prm, own.cap_prm)
         yield
     finally:

@@ -84,7 +84,9 @@ class StackRegistry:
         root, cwd = f"/proc/{tid}/root", f"/proc/{tid}/cwd"
         for own in ("/proc/self/", "/proc/thread-self/"):
             if name.startswith(own):  # "self" is the target, not the supervisor that opens
-                return [f"/proc/{tid}/{name[len(own):]}"]
+                path = os.path.normpath(f"/proc/{tid}/{name[len(own):]}")
+                # ".." must not turn the target's /proc/self into another process's entry
+                return [path] if path.startswith(f"/proc/{tid}/") else []
         if name.startswith("/"):
             return [root + name]
         if "/" in name:

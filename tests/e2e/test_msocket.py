@@ -28,11 +28,12 @@ def test_explicit_stacks_per_socket(make_netns: object, host_cookie: int) -> Non
     a, b = make_netns(), make_netns()  # type: ignore[operator]
     out = msprobe("-o", "4", a.name, command=("explicit", "-", b.name, b.path, "native",
                                               "null", "/nonexistent", "/etc/passwd",
-                                              "/proc/self/ns/net"))
+                                              "/proc/self/ns/net", "/proc/self/../1/ns/net"))
     assert out == {
         "-": a.cookie, b.name: b.cookie, b.path: b.cookie, "native": host_cookie,
         "null": "EAFNOSUPPORT", "/nonexistent": "ENOENT", "/etc/passwd": "ENOTSUP",
         "/proc/self/ns/net": host_cookie,  # the target's own, not the supervisor's
+        "/proc/self/../1/ns/net": "ENOENT",  # not a way out of the target's own entry
         "plain": a.cookie,
     }
 

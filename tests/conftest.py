@@ -217,6 +217,19 @@ def kill_all(pids: object) -> None:
             os.kill(pid, 9)
 
 
+def stop_tree(proc: subprocess.Popen[str], marker: str) -> None:
+    """Kill a target started under mstack (if alive), close its pipes, and make sure the
+    supervisor tagged ``marker`` is gone too."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+    if not wait_until(lambda: not supervisors_of(marker), timeout=5):
+        kill_all(supervisors_of(marker))
+
+
 class Stepper:
     """A probe ``steps`` run under mstack: read one report per step, then let it go on."""
 
@@ -248,15 +261,7 @@ class Stepper:
 
     def close(self) -> None:
         """Kill the target (if alive) and whatever supervisor served it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        pids = self.supervisors()
-        if pids and not wait_until(lambda: not self.supervisors(), timeout=5):
-            kill_all(self.supervisors())
+        stop_tree(self.proc, self.marker)
 
     def __enter__(self) -> Stepper:
         return self

@@ -26,9 +26,9 @@ from tests.conftest import (
     Netns,
     fd_links,
     gone,
-    kill_all,
     needs_root,
     run,
+    stop_tree,
     supervisors_of,
     wait_until,
 )
@@ -89,14 +89,7 @@ class Workload:
     def close(self) -> None:
         """Kill the workload (its children die with it: PR_SET_PDEATHSIG) and whatever
         supervisor served it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        if not wait_until(lambda: not supervisors_of(self.marker), timeout=5):
-            kill_all(supervisors_of(self.marker))
+        stop_tree(self.proc, self.marker)
 
     def __enter__(self) -> Workload:
         return self

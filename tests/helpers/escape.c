@@ -26,14 +26,7 @@
 #define SO_NETNS_COOKIE 71
 #endif
 
-static long int80(long nr, long a, long b, long c) {
-    long ret;
-    __asm__ volatile("int $0x80"
-                     : "=a"(ret)
-                     : "a"(nr), "b"(a), "c"(b), "d"(c)
-                     : "memory", "r8", "r9", "r10", "r11");
-    return ret;
-}
+#include "int80.h"
 
 /* Format the outcome of a socket call (fd or -1 with err) into buf; closes the fd. */
 static void describe(char *buf, size_t size, long ret, int err) {

@@ -18,14 +18,7 @@
 #endif
 #define X32_BIT 0x40000000L
 
-static long int80(long nr, long a, long b, long c) {
-    long ret;
-    __asm__ volatile("int $0x80"
-                     : "=a"(ret)
-                     : "a"(nr), "b"(a), "c"(b), "d"(c)
-                     : "memory", "r8", "r9", "r10", "r11");
-    return ret;
-}
+#include "int80.h"
 
 static int first = 1;
 

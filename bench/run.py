@@ -197,6 +197,29 @@ def tcp(rows: list[Row], ns: str) -> None:
                             extra={"MBps_best": best, "MBps_median": med}))
 
 
+def tracing(rows: list[Row]) -> None:
+    """The eBPF tracer: how long loading and attaching takes, and what an attached tracer
+    costs processes it does not even trace (the sys_exit hook runs for every syscall)."""
+    from mstack_bpf.trace.tracer import Tracer
+
+    loads = []
+    for _ in range(5):
+        t = time.perf_counter()
+        Tracer(root_pid=os.getpid()).close()
+        loads.append((time.perf_counter() - t) * 1e9)
+    rows.append(Row("eBPF tracer", "load and attach", min(loads), statistics.median(loads)))
+    idle = subprocess.Popen(["sleep", "600"])
+    try:
+        base = measure([], "getpid", "2000000")
+        rows.append(Row("getpid", "native (again, before the tracer row)", *base))
+        with Tracer(root_pid=idle.pid):
+            rows.append(Row("getpid", "native, eBPF tracer attached to another tree",
+                            *measure([], "getpid", "2000000")))
+    finally:
+        idle.kill()
+        idle.wait()
+
+
 def startup(rows: list[Row], ns: str) -> None:
     for name, cmd in (("ip netns exec NS true", ["ip", "netns", "exec", ns, "true"]),
                       ("mstack NS true", [MSTACK, ns, "true"]),
@@ -314,6 +337,7 @@ def main() -> None:
         per_call(rows, stacks[0], stacks[1])
         tcp(rows, stacks[0])
         startup(rows, stacks[0])
+        tracing(rows)
         scale(rows, stacks)
     ratios(rows)
     text = table(rows)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 from mstack_bpf.linux._ffi import syscall
 
@@ -43,9 +44,9 @@ class Creds:
     #: still succeeds comes from the task that has held TID all along.
     reopened: bool = True
 
-    @property
+    @cached_property
     def userns(self) -> int:
-        """Inode of the thread's user namespace (read when asked: it costs a stat)."""
+        """Inode of the thread's user namespace (read when first asked: it costs a stat)."""
         return os.stat(f"/proc/{self.tid}/ns/user").st_ino
 
 

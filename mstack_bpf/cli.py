@@ -77,6 +77,9 @@ class FamilyList(click.ParamType):  # type: ignore[type-arg]
               help="Make this mapping final: nothing below may change any family.")
 @click.option("--no-new-privs", is_flag=True,
               help="Set no_new_privs (always set for non-root; disables setuid programs).")
+@click.option("--no-colocate", is_flag=True,
+              help="Never narrow a caller's CPU affinity to the supervisor's CPU during its "
+                   "socket() (slower redirected sockets on an idle machine).")
 @click.option("--policy", "policy_file", metavar="FILE",
               help="Take the whole mapping from FILE (mstack-policy(5)); no STACK, no -o.")
 @click.option("--check-policy", "check_file", metavar="FILE",
@@ -85,7 +88,8 @@ class FamilyList(click.ParamType):  # type: ignore[type-arg]
                       message="mstack %(version)s (seccomp user-notification; not View-OS umview)")
 @click.argument("args", metavar="STACK COMMAND [ARG]...", nargs=-1)
 def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bool,
-           policy_file: str | None, check_file: str | None, args: tuple[str, ...]) -> None:
+           no_colocate: bool, policy_file: str | None, check_file: str | None,
+           args: tuple[str, ...]) -> None:
     """Run COMMAND with the sockets of the chosen address families from STACK.
 
     With --policy FILE there is no STACK: FILE maps every family.
@@ -95,7 +99,7 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
             raise click.UsageError("--check-policy FILE takes no other arguments")
         _check_policy(check_file, verbose)
     if policy_file is not None:
-        _run_policy(policy_file, families, verbose, lock, no_new_privs, args)
+        _run_policy(policy_file, families, verbose, lock, no_new_privs, not no_colocate, args)
     if len(args) < 2:
         raise click.UsageError("missing STACK" if not args else "missing COMMAND")
     stack, command = args[0], args[1:]
@@ -103,7 +107,8 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
     mapping = Mapping().with_families(chosen, resolve(stack))
     if lock:
         mapping = mapping.locked_all()
-    config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping), chosen)
+    config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping), chosen,
+                       colocate=not no_colocate)
     if verbose:
         for line in mapping.describe():
             click.echo(f"mstack: {line}", err=True)
@@ -138,7 +143,7 @@ def _names_stack(word: str) -> bool:
 
 
 def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
-                no_new_privs: bool, command: tuple[str, ...]) -> NoReturn:
+                no_new_privs: bool, colocate: bool, command: tuple[str, ...]) -> NoReturn:
     if families:
         raise click.UsageError("-o cannot be used with --policy: the policy maps every family")
     if not command:
@@ -157,7 +162,7 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
     if lock:
         mapping = mapping.locked_all()
     config = RunConfig(mapping, command, verbose, no_new_privs or policy.no_new_privs, stacks,
-                       ALL_FAMILIES)
+                       ALL_FAMILIES, colocate=colocate)
     if verbose:
         for line in mapping.describe():
             click.echo(f"mstack: {line}", err=True)

@@ -20,7 +20,7 @@ from mstack_bpf.calls import SOCK_CLOEXEC, needs_full_credentials
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import netns
 from mstack_bpf.linux._ffi import SyscallError, libc
-from mstack_bpf.linux.creds import Creds
+from mstack_bpf.linux.creds import Creds, FsIds
 
 _socket = libc.socket
 _socket.restype = ctypes.c_int
@@ -54,12 +54,18 @@ class StackSockets:
         self._helper_factory = helper_factory
         self._ioctl_sockets: dict[int, socket.socket] = {}
 
-    def target_creds(self, tid: int) -> Creds | None:
-        """The target's credentials if they must be applied (read now: never cached)."""
-        return creds_mod.read_creds(tid) if self.privileged else None
+    def target_creds(self, tid: int, family: int, sock_type: int,
+                     protocol: int) -> Creds | FsIds | None:
+        """The target's credentials if they must be applied (read now: never cached): all of
+        them for a socket whose creation checks privileges, else only the owner's ids."""
+        if not self.privileged:
+            return None
+        if needs_full_credentials(family, sock_type, protocol):
+            return creds_mod.read_creds(tid)
+        return creds_mod.read_fs_ids(tid)
 
     def make(self, ns_fd: int, ns_ino: int, family: int, sock_type: int, protocol: int,
-             target: Creds | None) -> int:
+             target: Creds | FsIds | None) -> int:
         """A new socket (close-on-exec in the supervisor) in namespace ``ns_fd``."""
         helper = self._helpers.get(ns_ino)
         if helper is None and self._current != ns_ino:
@@ -76,16 +82,20 @@ class StackSockets:
         with self._credentials(target, family, sock_type, protocol):
             return raw_socket(family, sock_type, protocol)
 
-    def _credentials(self, target: Creds | None, family: int, sock_type: int,
+    def _credentials(self, target: Creds | FsIds | None, family: int, sock_type: int,
                      protocol: int) -> AbstractContextManager[None]:
         if target is None:
             return nullcontext()
         if needs_full_credentials(family, sock_type, protocol):
+            if not isinstance(target, Creds):  # never make such a socket on partial ids
+                raise TypeError("full credentials needed")
             if _same(target, self.own):
                 return nullcontext()
             return creds_mod.as_target(target, self.own)
         # TCP, UDP, UNIX, netlink: the creator's credentials only name the owner.
-        if target.uids[3] == self.own.uids[3] and target.gids[3] == self.own.gids[3]:
+        if isinstance(target, Creds):
+            target = target.fs_ids
+        if target.fsuid == self.own.uids[3] and target.fsgid == self.own.gids[3]:
             return nullcontext()
         return creds_mod.as_filesystem_user(target)
 

@@ -46,6 +46,8 @@ class RunConfig:
     stacks: tuple[OpenStack, ...] = field(default=(), compare=False)
     #: the families this mstack was asked to set (a nested mstack changes only those)
     chosen: frozenset[int] = ALL_FAMILIES
+    #: meet a caller that makes sockets back to back on the supervisor's CPU (colocate.py)
+    colocate: bool = True
 
 
 def find_command(name: str) -> str:

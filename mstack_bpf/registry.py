@@ -102,7 +102,7 @@ class StackRegistry:
             try:
                 if target is None:
                     return _open_netns(path)
-                with creds_mod.as_filesystem_user(target):
+                with creds_mod.as_filesystem_user(target.fs_ids):
                     return _open_netns(path)
             except OSError as e:
                 error = e

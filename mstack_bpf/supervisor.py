@@ -17,11 +17,15 @@ from collections.abc import Callable
 from mstack_bpf import ifioctl
 from mstack_bpf.calls import (
     SOCK_CLOEXEC,
+    Call,
     ExitGroupCall,
     MsocketCall,
+    SocketCall,
+    SocketPairCall,
     decode,
     decode_socketcall,
 )
+from mstack_bpf.colocate import Colocator
 from mstack_bpf.decide import (
     Continue,
     Create,
@@ -38,7 +42,7 @@ from mstack_bpf.factory import StackSockets, open_task_netns
 from mstack_bpf.families import family_name
 from mstack_bpf.linux import procmem
 from mstack_bpf.linux._ffi import SyscallError
-from mstack_bpf.linux.seccomp import Listener
+from mstack_bpf.linux.seccomp import Listener, SeccompData
 from mstack_bpf.model import Stack, StackKind
 from mstack_bpf.registry import StackRegistry
 from mstack_bpf.tables import MARKER_FD, Tables
@@ -46,17 +50,21 @@ from mstack_bpf.tables import MARKER_FD, Tables
 log = logging.getLogger("mstack.supervisor")
 
 _GONE = (errno.ENOENT, errno.ESRCH)
+_DECIDED_MAX = 1024  # remembered decisions (the keys are the caller's: bound them)
 Outcome = Decision | SetDefault
 Observer = Callable[[int, object, Outcome, int], None]
 
 
 class Supervisor:
     def __init__(self, listener: Listener, tables: Tables, registry: StackRegistry,
-                 sockets: StackSockets) -> None:
+                 sockets: StackSockets, colocate: bool = False) -> None:
         self.listener = listener
         self.tables = tables
         self.registry = registry
         self.sockets = sockets
+        #: injects sockets; on the caller's CPU when ``colocate`` (needs synchronous wake-ups)
+        self.injector = Colocator(listener, colocate)
+        self._decided: dict[tuple[int, ...], tuple[Call, Decision]] = {}
         #: called with (tid, call, decision, result) after each call, for -vvv
         self.observers: list[Observer] = []
         #: called with the caller's tid before its exit_group goes on (only sent under -v)
@@ -68,6 +76,8 @@ class Supervisor:
         (a handler returning False is not polled again); ``tick`` runs when nothing came
         for ``tick_ms``."""
         handlers = dict(extra or {})
+        if not handlers and tick is None:
+            return self._serve_listener()
         poller = select.poll()
         poller.register(self.listener.fd, select.POLLIN)
         for fd in handlers:
@@ -88,20 +98,33 @@ class Supervisor:
                 elif events & (select.POLLHUP | select.POLLERR):
                     return
 
-    def handle_one(self) -> None:
+    def _serve_listener(self) -> None:
+        """Nothing but the listener to wait for: wait in RECV itself, one system call less
+        per call than poll + RECV. RECV fails with ENOENT once no task is left (and when a
+        caller went before we looked): the listener then also reports POLLHUP."""
+        poller = select.poll()
+        poller.register(self.listener.fd, select.POLLIN)
+        while True:
+            if not self.handle_one():
+                for _, events in poller.poll(0):
+                    if events & (select.POLLHUP | select.POLLERR):
+                        return
+
+    def handle_one(self) -> bool:
+        """Receive and answer one call; False if there was none to receive."""
         try:
             notif = self.listener.recv()
         except SyscallError as e:
             if e.errno in (errno.ENOENT, errno.EINTR):  # target gone before we looked
-                return
+                return False
             raise
-        nid, tid, data = notif.id, notif.pid, notif.data
-        call = decode(data.arch, data.nr, tuple(data.args))
+        nid, tid = notif.id, notif.pid
+        call, decision = self._decide(tid, notif.data)
         if isinstance(call, ExitGroupCall) and self.before_exit is not None:
             _safely(self.before_exit, tid)
         outcome: Outcome
         try:
-            outcome = self._final(nid, tid, decide(call, self.tables.table_for(tid)))
+            outcome = self._final(nid, tid, decision)
             result = self._carry_out(nid, tid, outcome)
         except Exception as e:  # fail closed: never CONTINUE on a surprise
             code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
@@ -111,6 +134,25 @@ class Supervisor:
             outcome, result = Fail(code), -code
         for observer in self.observers:
             observer(tid, call, outcome, result)
+        return True
+
+    def _decide(self, tid: int, data: SeccompData) -> tuple[Call, Decision]:
+        """decode + decide. The answer to a socket call read from registers depends only on
+        them and the caller's table, so it is remembered per table (tables live as long as
+        the supervisor: their ids stay theirs)."""
+        table = self.tables.table_for(tid)
+        args = data.args
+        key = (id(table), data.arch, data.nr, args[0], args[1], args[2])
+        known = self._decided.get(key)
+        if known is not None:
+            return known
+        call = decode(data.arch, data.nr, tuple(args))
+        decision = decide(call, table)
+        if isinstance(call, SocketCall | SocketPairCall) and not call.from_memory:
+            if len(self._decided) >= _DECIDED_MAX:
+                self._decided.clear()
+            self._decided[key] = call, decision
+        return call, decision
 
     def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome:
         """Follow a decision that needs the target's memory to the decision proper."""
@@ -191,7 +233,7 @@ class Supervisor:
 
     def _create(self, nid: int, tid: int, d: Create) -> int:
         try:
-            target = self.sockets.target_creds(tid)
+            target = self.sockets.target_creds(tid, d.family, d.type, d.protocol)
         except OSError as e:
             if e.errno in _GONE:
                 return -errno.ENOENT
@@ -215,7 +257,7 @@ class Supervisor:
             if temporary:
                 os.close(ns_fd)
         try:
-            return self.listener.addfd(nid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
+            return self.injector.inject(nid, tid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
         except SyscallError as e:
             if e.errno == errno.ENOENT:  # the target died or was interrupted meanwhile
                 return -errno.ENOENT

@@ -107,15 +107,18 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
         return
     try:
         listener.set_sync_wakeup()
+        synchronous = True
     except SyscallError as e:
         log.debug("no synchronous wake-ups: %s", e)
+        synchronous = False
     sockets = StackSockets(_rootless_helper)
     problem = _enter_stacks(sockets, config)
     if problem:
         channel.send(b"E" + problem.encode())
         return
     registry = StackRegistry(config.stacks, config.mapping)
-    supervisor = Supervisor(listener, Tables(config.mapping), registry, sockets)
+    supervisor = Supervisor(listener, Tables(config.mapping), registry, sockets,
+                            colocate=synchronous and config.colocate)
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))
     channel.send(b"R")

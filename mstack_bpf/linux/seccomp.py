@@ -12,7 +12,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from mstack_bpf.linux._ffi import ioctl, ioctl_value, iow, iowr, syscall
+from mstack_bpf.linux._ffi import SyscallError, ioctl, ioctl_value, iow, iowr, raw_ioctl, syscall
 
 NR_seccomp = 317
 
@@ -171,6 +171,9 @@ def install_filter(program: list[Instruction], flags: int) -> int:
                    call="seccomp(SECCOMP_SET_MODE_FILTER)")
 
 
+_NOTIF_SIZE = ctypes.sizeof(SeccompNotif)
+
+
 class Listener:
     """The supervisor's side of a notification fd, with preallocated, reused buffers."""
 
@@ -180,6 +183,10 @@ class Listener:
         self._resp = SeccompNotifResp()
         self._addfd = SeccompNotifAddfd()
         self._id = ctypes.c_uint64()
+        # addresses taken once: these calls run for every notification
+        self._notif_at = ctypes.addressof(self.notif)
+        self._resp_at = ctypes.addressof(self._resp)
+        self._addfd_at = ctypes.addressof(self._addfd)
 
     def set_sync_wakeup(self) -> None:
         """Ask for synchronous wake-ups on replies; the flag is passed by value."""
@@ -188,8 +195,9 @@ class Listener:
 
     def recv(self) -> SeccompNotif:
         """Receive one notification. The buffer must be zeroed first, or the kernel says EINVAL."""
-        ctypes.memset(ctypes.addressof(self.notif), 0, ctypes.sizeof(self.notif))
-        ioctl(self.fd, IOCTL_NOTIF_RECV, self.notif, "ioctl(SECCOMP_IOCTL_NOTIF_RECV)")
+        ctypes.memset(self._notif_at, 0, _NOTIF_SIZE)
+        if raw_ioctl(self.fd, IOCTL_NOTIF_RECV, self._notif_at) < 0:
+            raise SyscallError(ctypes.get_errno(), "ioctl(SECCOMP_IOCTL_NOTIF_RECV)")
         return self.notif
 
     def id_valid(self, notif_id: int) -> bool:
@@ -207,7 +215,8 @@ class Listener:
         resp.val = val
         resp.error = error
         resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
-        ioctl(self.fd, IOCTL_NOTIF_SEND, resp, "ioctl(SECCOMP_IOCTL_NOTIF_SEND)")
+        if raw_ioctl(self.fd, IOCTL_NOTIF_SEND, self._resp_at) < 0:
+            raise SyscallError(ctypes.get_errno(), "ioctl(SECCOMP_IOCTL_NOTIF_SEND)")
 
     def addfd(self, notif_id: int, srcfd: int, cloexec: bool, newfd: int | None = None,
               send: bool = True) -> int:
@@ -219,4 +228,7 @@ class Listener:
         req.srcfd = srcfd
         req.newfd = newfd or 0
         req.newfd_flags = 0o2000000 if cloexec else 0  # O_CLOEXEC
-        return ioctl(self.fd, IOCTL_NOTIF_ADDFD, req, "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
+        fd: int = raw_ioctl(self.fd, IOCTL_NOTIF_ADDFD, self._addfd_at)
+        if fd < 0:
+            raise SyscallError(ctypes.get_errno(), "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
+        return fd

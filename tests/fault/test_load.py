@@ -35,8 +35,8 @@ from tests.conftest import (
 
 pytestmark = needs_root
 
-STATUS_CACHE = 64  # creds._StatusFiles' size
-STATUS = re.compile(r"/proc/\d+/status")
+TASK_CACHE = 2 * 64  # two creds._TaskFiles of 64: callers' pidfds and /proc status files
+TASK_FILE = re.compile(r"/proc/\d+/status|anon_inode:\[pidfd\]")
 WARM_UP = "load,1,1,1000,10,2"  # the first redirected calls, before the baseline is taken
 # A native AF_UNIX socket() (the tests redirect only IP): the supervisor answers it with
 # CONTINUE, one call at a time, so once it has returned every earlier call is finished
@@ -99,10 +99,11 @@ class Workload:
 
 
 def supervisor_files(pid: int) -> tuple[dict[int, str], int]:
-    """The supervisor's descriptors other than its /proc status cache, and that cache's size."""
+    """The supervisor's descriptors other than its cache of callers' files, and that cache's
+    size."""
     links = fd_links(pid)
-    cached = sum(1 for target in links.values() if STATUS.fullmatch(target))
-    return {fd: t for fd, t in links.items() if not STATUS.fullmatch(t)}, cached
+    cached = sum(1 for target in links.values() if TASK_FILE.fullmatch(target))
+    return {fd: t for fd, t in links.items() if not TASK_FILE.fullmatch(t)}, cached
 
 
 def all_served(calls: object, cookie: int) -> None:
@@ -131,7 +132,7 @@ def test_eight_processes_of_four_threads(load_bin: str, netns: Netns, host_cooki
             assert target.synced(host_cookie)
             after, cached = supervisor_files(target.supervisor)
             assert after == before
-            assert cached <= STATUS_CACHE
+            assert cached <= TASK_CACHE
 
 
 def test_fork_exec_storm_of_a_thousand_processes(load_bin: str, netns: Netns,
@@ -153,7 +154,7 @@ def test_fork_exec_storm_of_a_thousand_processes(load_bin: str, netns: Netns,
         assert supervisors_of(target.marker) == {target.supervisor}
         after, cached = supervisor_files(target.supervisor)
         assert after == before
-        assert cached <= STATUS_CACHE
+        assert cached <= TASK_CACHE
 
 
 def test_full_fd_tables_in_many_threads_leave_the_others_served(load_bin: str, netns: Netns,
@@ -178,7 +179,7 @@ def test_full_fd_tables_in_many_threads_leave_the_others_served(load_bin: str, n
         assert target.synced(host_cookie)
         after, cached = supervisor_files(target.supervisor)
         assert after == before
-        assert cached <= STATUS_CACHE
+        assert cached <= TASK_CACHE
         all_served(target.go()["calls"], netns.cookie)
 
 
@@ -203,7 +204,7 @@ def test_killing_threaded_targets_mid_call_leaves_the_tree_served(load_bin: str,
         assert supervisors_of(target.marker) == {target.supervisor}
         after, cached = supervisor_files(target.supervisor)
         assert after == before
-        assert cached <= STATUS_CACHE
+        assert cached <= TASK_CACHE
 
 
 def test_supervisor_out_of_descriptors_fails_closed_and_recovers(load_bin: str, netns: Netns,
@@ -234,4 +235,4 @@ def test_supervisor_out_of_descriptors_fails_closed_and_recovers(load_bin: str, 
         assert target.synced(host_cookie)
         after, cached = supervisor_files(sv)
         assert after == before
-        assert cached <= STATUS_CACHE
+        assert cached <= TASK_CACHE

@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from mstack_bpf.calls import SOCK_CLOEXEC, needs_full_credentials
@@ -79,24 +79,26 @@ class StackSockets:
         if helper is not None:
             # The helper runs with the namespace owner's credentials: no more than ours.
             return helper.make_socket(family, sock_type | SOCK_CLOEXEC, protocol)
-        with self._credentials(target, family, sock_type, protocol):
+        if isinstance(target, FsIds) and needs_full_credentials(family, sock_type, protocol):
+            raise TypeError("full credentials needed")  # never on owner ids alone
+        switch = self._credentials(target)
+        if switch is None:
+            return raw_socket(family, sock_type, protocol)
+        with switch:
             return raw_socket(family, sock_type, protocol)
 
-    def _credentials(self, target: Creds | FsIds | None, family: int, sock_type: int,
-                     protocol: int) -> AbstractContextManager[None]:
+    def _credentials(self, target: Creds | FsIds | None) -> AbstractContextManager[None] | None:
+        """The switch to the target's credentials, or None where ours make the same socket.
+
+        Full credentials are read only for a socket whose creation checks privileges
+        (:meth:`target_creds`); owner ids alone mean the creator only names the owner.
+        """
         if target is None:
-            return nullcontext()
-        if needs_full_credentials(family, sock_type, protocol):
-            if not isinstance(target, Creds):  # never make such a socket on partial ids
-                raise TypeError("full credentials needed")
-            if _same(target, self.own):
-                return nullcontext()
-            return creds_mod.as_target(target, self.own)
-        # TCP, UDP, UNIX, netlink: the creator's credentials only name the owner.
+            return None
         if isinstance(target, Creds):
-            target = target.fs_ids
+            return None if _same(target, self.own) else creds_mod.as_target(target, self.own)
         if target.fsuid == self.own.uids[3] and target.fsgid == self.own.gids[3]:
-            return nullcontext()
+            return None
         return creds_mod.as_filesystem_user(target)
 
     def ioctl_socket(self, ns_fd: int, ns_ino: int) -> socket.socket:

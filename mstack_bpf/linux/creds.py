@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from mstack_bpf.linux import pidfd
 from mstack_bpf.linux._ffi import syscall
@@ -78,15 +78,15 @@ class _TaskFiles(Generic[T]):
 
     def read(self, tid: int) -> tuple[T, bool]:
         """What ``reader`` makes of the thread's file, and whether it had to be opened now."""
-        fd = self._fds.pop(tid, None)
+        fd = self._fds.get(tid)
         if fd is not None:
             try:
                 data = self._read(fd)
             except OSError:
+                del self._fds[tid]
                 os.close(fd)
-                fd = None
             else:
-                self._fds[tid] = fd
+                self._fds.move_to_end(tid)
                 return data, False
         fd = self._open(tid)
         try:
@@ -113,8 +113,7 @@ _pidfds = _TaskFiles(pidfd.open_thread, pidfd.task_ids)
 _pidfd_info = True
 
 
-@dataclass(frozen=True)
-class FsIds:
+class FsIds(NamedTuple):
     """The ids a new socket's owner is taken from, and whether TID's file was opened now."""
 
     fsuid: int

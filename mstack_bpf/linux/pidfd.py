@@ -8,13 +8,13 @@ thread's uids and gids with one ioctl, mapped into the caller's user namespace e
 
 from __future__ import annotations
 
+import ctypes
 import errno
-import fcntl
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from mstack_bpf.linux._ffi import SyscallError, iowr
+from mstack_bpf.linux._ffi import SyscallError, iowr, raw_ioctl
 
 PIDFD_THREAD = os.O_EXCL  # Linux 6.9
 PIDFD_INFO_CREDS = 1 << 1
@@ -25,8 +25,7 @@ assert _INFO.size == 64
 PIDFD_GET_INFO = iowr(PIDFS_IOCTL_MAGIC, 11, _INFO.size)
 
 
-@dataclass(frozen=True)
-class TaskIds:
+class TaskIds(NamedTuple):
     """A thread's ids from ``PIDFD_GET_INFO``: (real, effective, saved, filesystem)."""
 
     uids: tuple[int, int, int, int]
@@ -41,18 +40,19 @@ def open_thread(tid: int) -> int:
         raise SyscallError(e.errno or 0, "pidfd_open", str(tid)) from None
 
 
-_buffer = bytearray(_INFO.size)
+_buffer = ctypes.create_string_buffer(_INFO.size)
+_buffer_at = ctypes.addressof(_buffer)
+_MASK = struct.Struct("=Q")
+_IDS = struct.Struct("=8I")  # ruid rgid euid egid suid sgid fsuid fsgid
+_IDS_AT = 28
 
 
 def task_ids(pidfd: int) -> TaskIds:
     """The ids of the thread behind ``pidfd``; ESRCH once it has been reaped."""
-    _INFO.pack_into(_buffer, 0, PIDFD_INFO_CREDS, *([0] * 13))
-    try:
-        fcntl.ioctl(pidfd, PIDFD_GET_INFO, _buffer, True)
-    except OSError as e:
-        raise SyscallError(e.errno or 0, "ioctl(PIDFD_GET_INFO)") from None
-    fields = _INFO.unpack_from(_buffer)
-    if not fields[0] & PIDFD_INFO_CREDS:
+    _MASK.pack_into(_buffer, 0, PIDFD_INFO_CREDS)  # the kernel reads only the mask
+    if raw_ioctl(pidfd, PIDFD_GET_INFO, _buffer_at) < 0:
+        raise SyscallError(ctypes.get_errno(), "ioctl(PIDFD_GET_INFO)")
+    if not _MASK.unpack_from(_buffer)[0] & PIDFD_INFO_CREDS:
         raise SyscallError(errno.ENOSYS, "ioctl(PIDFD_GET_INFO)", "(no credentials)")
-    r, e_, s, f = fields[5], fields[7], fields[9], fields[11]
-    return TaskIds(uids=(r, e_, s, f), gids=(fields[6], fields[8], fields[10], fields[12]))
+    r, rg, e, eg, s, sg, f, fg = _IDS.unpack_from(_buffer, _IDS_AT)
+    return TaskIds((r, e, s, f), (rg, eg, sg, fg))

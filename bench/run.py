@@ -123,6 +123,8 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
          ("socket", "2")),
         ("null family, mstack -o 4 null", [*m, "-o", "4", "null"], ("socket", "2")),
         ("redirected, mstack -o 4 NS", [*m, "-o", "4", ns], ("socket", "2")),
+        ("redirected, mstack --no-colocate -o 4 NS (the scheduler's own placement)",
+         [*m, "--no-colocate", "-o", "4", ns], ("socket", "2")),
         ("redirected, supervisor and command on one CPU (taskset -c 1)",
          ["taskset", "-c", "1", *m, "-o", "4", ns], ("socket", "2")),
         ("redirected, both CPUs kept busy (nice-19 spinners: no idle wake-ups)",

@@ -340,6 +340,63 @@ def cmd_thread_creds(uid: str) -> object:
                      "tcp": try_socket(socket.AF_INET)}}
 
 
+def _cpus(spec: str) -> set[int]:
+    return set(range(os.cpu_count() or 1)) if spec == "all" else {int(c) for c in spec.split("+")}
+
+
+def cmd_affinity(count: str, *specs: str) -> object:
+    """For each CPU set in ``specs`` ("all", "1", "0+1"): take it as this thread's affinity,
+    then make ``count`` redirectable sockets, reading the affinity right after each one. The
+    supervisor narrows a caller's affinity inside its call: the caller must never see it."""
+    results = []
+    for spec in specs:
+        want = _cpus(spec)
+        os.sched_setaffinity(0, want)
+        seen: dict[str, int] = {}
+        cookies: set[int] = set()
+        for _ in range(int(count)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            got = os.sched_getaffinity(0)
+            if got != want:
+                key = "+".join(map(str, sorted(got)))
+                seen[key] = seen.get(key, 0) + 1
+            cookies.add(cookie(s))
+            s.close()
+        results.append({"cpus": spec, "other": seen, "cookies": sorted(cookies),
+                         "after": sorted(os.sched_getaffinity(0))})
+    return results
+
+
+def cmd_affinity_threads(count: str, threads: str) -> object:
+    """``threads`` threads, each with its own single-CPU affinity (round robin over the
+    CPUs), make ``count`` sockets each and check their affinity after every call."""
+    ncpu = os.cpu_count() or 1
+    box: list[object] = []
+
+    def body(cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})
+        box.append({"cpu": cpu, **cmd_affinity(count, str(cpu))[0]})  # type: ignore[index]
+
+    pool = [threading.Thread(target=body, args=(i % ncpu,)) for i in range(int(threads))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return box
+
+
+def cmd_burst(count: str, other_thread: str = "0") -> object:
+    """``count`` sockets back to back from this thread; then, if ``other_thread``, one from
+    a new thread (a call from another caller ends the supervisor's burst)."""
+    for _ in range(int(count)):
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    if other_thread != "0":
+        t = threading.Thread(target=lambda: socket.socket(socket.AF_INET).close())
+        t.start()
+        t.join()
+    return {"made": int(count)}
+
+
 def main() -> None:
     command, *args = sys.argv[1:]
     result = globals()[f"cmd_{command}"](*args)

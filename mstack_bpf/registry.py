@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable
 
 from mstack_bpf.factory import StackSockets
 from mstack_bpf.linux import creds as creds_mod
-from mstack_bpf.linux import netns
+from mstack_bpf.linux import fs, netns
 from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
 from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, _user_stack
+from mstack_bpf.targetview import TargetView
 
 CAP_SYS_ADMIN = 21
 _RESERVED = {b"null": NULL, b"native": NATIVE}
@@ -55,7 +56,7 @@ class StackRegistry:
         name = raw.decode("utf-8", "surrogateescape")
         candidates = self._candidates(name, tid)
         if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
-                os.path.lexists(c) for c in candidates):
+                _exists(opener) for _, opener in candidates):
             return self._permit(_RESERVED[raw[9:]])
         who = creds_mod.read_creds(tid)
         fd = self._open_first(candidates, who if sockets.privileged else None)
@@ -80,30 +81,29 @@ class StackRegistry:
         return stack
 
     @staticmethod
-    def _candidates(name: str, tid: int) -> list[str]:
-        root, cwd = f"/proc/{tid}/root", f"/proc/{tid}/cwd"
-        for own in ("/proc/self/", "/proc/thread-self/"):
-            if name.startswith(own):  # "self" is the target, not the supervisor that opens
-                path = os.path.normpath(f"/proc/{tid}/{name[len(own):]}")
-                # ".." must not turn the target's /proc/self into another process's entry
-                return [path] if path.startswith(f"/proc/{tid}/") else []
+    def _candidates(name: str, tid: int) -> list[tuple[str, Callable[[], int]]]:
+        """Where ``name`` may be, each with a way to open it ``O_PATH`` as the target."""
+        view = TargetView(tid)
+        if name.startswith(("/proc/self/", "/proc/thread-self/")):
+            return [(name, lambda: _opened(view.open_own(name)))]
         if name.startswith("/"):
-            return [root + name]
+            return [(name, lambda: view.open(name))]
         if "/" in name:
-            return [f"{cwd}/{name}"]
-        found = [f"{root}{NETNS_RUN_DIR}/{name}"]
-        user = _user_stack(name)
-        return [*found, user] if user else found
+            return [(name, lambda: view.open_relative(name))]
+        found = [(name, lambda: view.open(f"{NETNS_RUN_DIR}/{name}"))]
+        user = _user_stack(name)  # the caller's rootless stacks, where mstack-stack keeps them
+        return [*found, (user, lambda: fs.open_path(user))] if user else found
 
     @staticmethod
-    def _open_first(candidates: list[str], target: creds_mod.Creds | None) -> int:
+    def _open_first(candidates: list[tuple[str, Callable[[], int]]],
+                    target: creds_mod.Creds | None) -> int:
         error: OSError = OSError(errno.ENOENT, "no such stack")
-        for path in candidates:
+        for label, opener in candidates:
             try:
                 if target is None:
-                    return _open_netns(path)
+                    return netns.open_netns_at(opener(), label)
                 with creds_mod.as_filesystem_user(target.fs_ids):
-                    return _open_netns(path)
+                    return netns.open_netns_at(opener(), label)
             except OSError as e:
                 error = e
                 if e.errno != errno.ENOENT:
@@ -132,8 +132,15 @@ class StackRegistry:
             os.close(item.fd)
 
 
-def _open_netns(path: str) -> int:
+def _exists(opener: Callable[[], int]) -> bool:
     try:
-        return netns.open_netns(path)
-    except netns.NotANetns:
-        raise OSError(errno.ENOTSUP, "not a network namespace") from None
+        os.close(opener())
+    except OSError as e:
+        return e.errno != errno.ENOENT
+    return True
+
+
+def _opened(fd: int | None) -> int:
+    if fd is None:
+        raise OSError(errno.ENOENT, "no such stack")
+    return fd

@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 
+from mstack_bpf.linux import fs
 from mstack_bpf.linux._ffi import SyscallError, io, ioctl, ioctl_value, libc
 
 # sched.h
@@ -89,15 +90,28 @@ def open_netns(path: str, *, cloexec: bool = True) -> int:
     """Open ``path`` read-only and check it is a network namespace; return the fd.
 
     Raises :class:`SyscallError` for ``open`` (ENOENT, EACCES, ...) and :class:`NotANetns`
-    (errno ENOTSUP) when the file is something else. The fd is closed on failure.
+    (errno ENOTSUP) when the file is something else. Only a namespace file is ever really
+    opened: a FIFO, a terminal or a device named by mistake (or on purpose, by a target
+    naming it in msocket) is looked at through ``O_PATH`` and left alone.
     """
-    flags = os.O_RDONLY | (os.O_CLOEXEC if cloexec else 0)
+    return open_netns_at(fs.open_path(path), path, cloexec=cloexec)
+
+
+def open_netns_at(path_fd: int, label: str, *, cloexec: bool = True) -> int:
+    """Open the namespace that the ``O_PATH`` descriptor ``path_fd`` names, and close
+    ``path_fd``; :class:`NotANetns` if it names anything else."""
     try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise SyscallError(e.errno or errno.EIO, "open", path) from None
+        if fs.fs_type(path_fd) != fs.NSFS_MAGIC:
+            raise NotANetns(label, "not a namespace file")
+        flags = os.O_RDONLY | (os.O_CLOEXEC if cloexec else 0)
+        try:
+            fd = os.open(f"/proc/self/fd/{path_fd}", flags)
+        except OSError as e:
+            raise SyscallError(e.errno or errno.EIO, "open", label) from None
+    finally:
+        os.close(path_fd)
     try:
-        check_netns(fd, path)
+        check_netns(fd, label)
     except BaseException:
         os.close(fd)
         raise

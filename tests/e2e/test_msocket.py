@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def test_explicit_stacks_per_socket(make_netns: object, host_cookie: int) -> Non
         "/proc/self/../1/ns/net": "ENOENT",  # not a way out of the target's own entry
         "plain": a.cookie,
     }
+
+
+def test_files_that_are_not_stacks_are_never_opened(netns: Netns, tmp_path: Path) -> None:
+    """A FIFO without a writer would block an open() for good, a terminal would become the
+    supervisor's controlling tty: they are looked at through O_PATH and refused, and the
+    supervisor goes on serving."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cp = mstack("-o", "4", netns.name, PYTHON, PROBE, "explicit", str(fifo), "/dev/tty",
+                "/dev/null", timeout=20)
+    assert report(cp) == {str(fifo): "ENOTSUP", "/dev/tty": "ENOTSUP",
+                          "/dev/null": "ENOTSUP", "plain": netns.cookie}
 
 
 def test_sock_default_changes_one_family(netns: Netns, host_cookie: int) -> None:

@@ -1,0 +1,124 @@
+"""Opening paths without side effects, and inside another process's root.
+
+``O_PATH`` opens name a file without opening it (a FIFO does not block, a terminal does not
+become anyone's controlling tty, a device is not touched); ``openat2(2)`` with
+``RESOLVE_IN_ROOT`` resolves a path as a process whose root is ``root_fd`` would: ``..``
+stops at that root and absolute symlinks start from it (``linux/openat2.h``). ``statx(2)``
+gives a file's mount id, ``fstatfs(2)`` its filesystem type (``linux/magic.h``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import struct
+from typing import NamedTuple
+
+from mstack_bpf.linux._ffi import SyscallError, libc
+
+NR_openat2 = 437
+NR_statx = 332
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_BENEATH = 0x08
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+STATX_INO = 0x100
+STATX_MNT_ID = 0x1000
+PROC_SUPER_MAGIC = 0x9FA0
+NSFS_MAGIC = 0x6E736673
+
+_syscall = libc.syscall
+_syscall.restype = ctypes.c_long
+_fstatfs = libc.fstatfs
+_fstatfs.restype = ctypes.c_int
+
+
+class _OpenHow(ctypes.Structure):
+    """``struct open_how`` (linux/openat2.h)."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    fd: int = _syscall(ctypes.c_long(NR_openat2), ctypes.c_int(dir_fd), path.encode(),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        raise SyscallError(ctypes.get_errno(), "openat2", path)
+    return fd
+
+
+def open_path(path: str, dir_fd: int | None = None) -> int:
+    """An ``O_PATH`` descriptor of ``path`` (symlinks, magic ones too, are followed)."""
+    try:
+        return os.open(path, os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        raise SyscallError(e.errno or errno.EIO, "open", path) from None
+
+
+def open_in_root(root_fd: int, path: str) -> int:
+    """An ``O_PATH`` descriptor of ``path`` resolved with ``root_fd`` as the root.
+
+    ``RESOLVE_IN_ROOT`` also refuses magic links (EXDEV), yet ``/proc/PID/ns/net`` is one:
+    a path whose *last* component is a symlink inside a procfs directory reached in the
+    root is followed from that directory. Following a proc link cannot walk out of the root
+    by name; it jumps to the object itself (a namespace, an open file, a directory)."""
+    path = path.lstrip("/") or "."
+    try:
+        return _openat2(root_fd, path, os.O_PATH, RESOLVE_IN_ROOT)
+    except SyscallError as e:
+        if e.errno not in (errno.EXDEV, errno.ELOOP):
+            raise
+        parent, base = os.path.split(path)
+        if base in ("", ".", ".."):
+            raise
+    dir_fd = _openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT)
+    try:
+        if fs_type(dir_fd) != PROC_SUPER_MAGIC or not stat.S_ISLNK(
+                os.stat(base, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise SyscallError(errno.EXDEV, "openat2", path)
+        return open_path(base, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_beneath(dir_fd: int, path: str) -> int:
+    """An ``O_PATH`` descriptor of relative ``path`` that may not leave ``dir_fd`` (EXDEV
+    for ``..`` above it or an absolute symlink)."""
+    return _openat2(dir_fd, path, os.O_PATH, RESOLVE_BENEATH)
+
+
+def fs_type(fd: int) -> int:
+    """``f_type`` of the filesystem ``fd`` is on (works on ``O_PATH`` descriptors)."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first long
+    if _fstatfs(fd, buf) < 0:
+        raise SyscallError(ctypes.get_errno(), "fstatfs")
+    value: int = struct.unpack_from("=q", buf)[0]
+    return value
+
+
+class MountedInode(NamedTuple):
+    """A file's identity including its mount: the same directory bind-mounted elsewhere is
+    another place to walk ``..`` from."""
+
+    mnt_id: int
+    dev: int
+    ino: int
+
+
+def mounted_inode(path: str) -> MountedInode:
+    """``statx(2)`` mount id, device and inode of ``path`` (symlinks followed)."""
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if _syscall(ctypes.c_long(NR_statx), ctypes.c_int(AT_FDCWD), path.encode(),
+                ctypes.c_int(0), ctypes.c_uint(STATX_INO | STATX_MNT_ID), buf) < 0:
+        raise SyscallError(ctypes.get_errno(), "statx", path)
+    mask, = struct.unpack_from("=I", buf, 0)
+    if not mask & STATX_MNT_ID:
+        raise SyscallError(errno.ENOSYS, "statx", f"{path}: no mount id")
+    ino, = struct.unpack_from("=Q", buf, 32)
+    major, minor = struct.unpack_from("=II", buf, 136)
+    mnt_id, = struct.unpack_from("=Q", buf, 144)
+    return MountedInode(mnt_id, os.makedev(major, minor), ino)

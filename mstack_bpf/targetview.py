@@ -1,0 +1,65 @@
+"""Paths as a target process sees them: in its root, its working directory, its mounts.
+
+The supervisor opens a msocket path for the target. Walking ``/proc/TID/root/PATH`` is the
+target's own walk only when the target's root is the supervisor's root (same mount, same
+mount namespace): otherwise ``..`` and absolute symlinks would be resolved against the
+*supervisor's* root, and a chrooted or containerised target could reach (or learn of)
+files outside its own root. Such targets are resolved with ``RESOLVE_IN_ROOT``
+(``linux/fs.py``); their relative paths must then stay below their working directory.
+Everything is opened ``O_PATH``: nothing is really opened before it is known to be a
+namespace file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from functools import cached_property
+
+from mstack_bpf.linux import fs
+
+
+class TargetView:
+    """Resolve paths for thread ``tid``; every method returns an ``O_PATH`` descriptor."""
+
+    def __init__(self, tid: int) -> None:
+        self.proc = f"/proc/{tid}"
+
+    @cached_property
+    def shares_our_root(self) -> bool:
+        """The target's root is the very mount and directory ours is."""
+        try:
+            return fs.mounted_inode(f"{self.proc}/root") == fs.mounted_inode("/")
+        except OSError:
+            return False
+
+    def open(self, path: str) -> int:
+        """``path`` (absolute) as the target would resolve it."""
+        if self.shares_our_root:
+            return fs.open_path(f"{self.proc}/root{path}")
+        root = fs.open_path(f"{self.proc}/root")
+        try:
+            return fs.open_in_root(root, path)
+        finally:
+            os.close(root)
+
+    def open_relative(self, path: str) -> int:
+        """``path`` relative to the target's working directory."""
+        if self.shares_our_root:
+            return fs.open_path(f"{self.proc}/cwd/{path}")
+        cwd = fs.open_path(f"{self.proc}/cwd")
+        try:
+            return fs.open_beneath(cwd, path)
+        finally:
+            os.close(cwd)
+
+    def open_own(self, path: str) -> int | None:
+        """``/proc/self/...`` and ``/proc/thread-self/...``: the target's own entries (the
+        supervisor's "self" is not the target), never another process's; None for others."""
+        for own in ("/proc/self/", "/proc/thread-self/"):
+            if path.startswith(own):
+                full = os.path.normpath(f"{self.proc}/{path[len(own):]}")
+                if not full.startswith(f"{self.proc}/"):
+                    raise OSError(errno.ENOENT, path)  # ".." out of the target's own entry
+                return fs.open_path(full)
+        return None

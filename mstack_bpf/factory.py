@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import socket
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -22,6 +23,7 @@ from mstack_bpf.linux import netns
 from mstack_bpf.linux._ffi import SyscallError, libc
 from mstack_bpf.linux.creds import Creds, FsIds
 
+IOCTL_SOCKETS = 64
 _socket = libc.socket
 _socket.restype = ctypes.c_int
 _socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -52,7 +54,7 @@ class StackSockets:
         self._current: int | None = None  # inode of the namespace this thread is in
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory
-        self._ioctl_sockets: dict[int, socket.socket] = {}
+        self._ioctl_sockets: OrderedDict[int, socket.socket] = OrderedDict()
 
     def target_creds(self, tid: int, family: int, sock_type: int,
                      protocol: int) -> Creds | FsIds | None:
@@ -102,11 +104,16 @@ class StackSockets:
         return creds_mod.as_filesystem_user(target)
 
     def ioctl_socket(self, ns_fd: int, ns_ino: int) -> socket.socket:
-        """A socket of ours inside namespace ``ns_ino``, for interface ioctls (cached)."""
+        """A socket of ours inside namespace ``ns_ino``, for interface ioctls (the last
+        :data:`IOCTL_SOCKETS` namespaces' are kept)."""
         sock = self._ioctl_sockets.get(ns_ino)
         if sock is None:
             fd = self.make(ns_fd, ns_ino, socket.AF_UNIX, socket.SOCK_DGRAM, 0, None)
             sock = self._ioctl_sockets[ns_ino] = socket.socket(fileno=fd)
+            if len(self._ioctl_sockets) > IOCTL_SOCKETS:
+                self._ioctl_sockets.popitem(last=False)[1].close()
+        else:
+            self._ioctl_sockets.move_to_end(ns_ino)
         return sock
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, _user_stack
 from mstack_bpf.targetview import TargetView
 
 CAP_SYS_ADMIN = 21
+MAX_NAMED = 1024  # namespaces a tree may name in msocket beyond those of its mapping
 _RESERVED = {b"null": NULL, b"native": NATIVE}
 
 
@@ -29,6 +30,7 @@ class StackRegistry:
             self._add(item)
         #: under a policy, msocket may name only these (namespaces: those opened at start)
         self._nameable = mapping.nameable() if mapping and mapping.restricted else None
+        self._limit = len(self._by_ino) + MAX_NAMED
 
     def _add(self, item: OpenStack) -> OpenStack:
         """Register a namespace; an existing entry is never replaced (a target must not be
@@ -70,6 +72,9 @@ class StackRegistry:
         if not still_valid():
             os.close(fd)
             raise OSError(errno.ENOENT, "caller gone")
+        if len(self._by_ino) >= self._limit:  # each is an fd held for the tree's lifetime
+            os.close(fd)
+            raise OSError(errno.EAGAIN, "too many stacks named in this tree")
         # Named by its inode: the same path may mean another namespace to another process
         # (a mount namespace of its own), so a new namespace never equals a mapped stack.
         stack = Stack(StackKind.NETNS, name, f"netns:[{ino}]")
@@ -112,20 +117,30 @@ class StackRegistry:
 
     @staticmethod
     def _may_name(fd: int, who: creds_mod.Creds) -> bool:
-        """Whether the target could have entered this namespace itself: it holds
-        CAP_SYS_ADMIN in the namespace's owning user namespace, or that user namespace
-        is one its own uid created (a rootless stack). Stacks already used in the tree
-        were accepted before this is asked."""
+        """Whether the target could have entered this namespace itself: setns(2) needs
+        CAP_SYS_ADMIN over it, decided as the kernel's cap_capable() does. Walking up from
+        the namespace's owning user namespace: reaching the target's own, its effective
+        capabilities count; a user namespace whose parent is the target's and whose owner
+        is the target's euid gives it every capability (a rootless stack it made). Stacks
+        already used in the tree were accepted before this is asked."""
         try:
-            userns = netns.owning_userns(fd)
+            ns = netns.owning_userns(fd)
         except OSError:
             return False
         try:
-            if os.fstat(userns).st_ino == who.userns:
-                return bool(who.cap_eff & (1 << CAP_SYS_ADMIN))
-            return netns.owner_uid(userns) == who.uids[1]
+            while os.fstat(ns).st_ino != who.userns:
+                try:
+                    parent = netns.parent_userns(ns)
+                except OSError:  # the top of our view: the target's is not an ancestor
+                    return False
+                owned = netns.owner_uid(ns) == who.uids[1]
+                os.close(ns)
+                ns = parent
+                if owned and os.fstat(ns).st_ino == who.userns:
+                    return True
+            return bool(who.cap_eff & (1 << CAP_SYS_ADMIN))
         finally:
-            os.close(userns)
+            os.close(ns)
 
     def close(self) -> None:
         for item in self._by_ino.values():

@@ -158,6 +158,12 @@ def owning_userns(fd: int) -> int:
     return ioctl_value(fd, NS_GET_USERNS, 0, "ioctl(NS_GET_USERNS)")
 
 
+def parent_userns(userns_fd: int) -> int:
+    """A new fd of the parent of user namespace ``userns_fd`` (``NS_GET_PARENT``); EPERM at
+    the top of what the caller can see (its own user namespace or the initial one)."""
+    return ioctl_value(userns_fd, NS_GET_PARENT, 0, "ioctl(NS_GET_PARENT)")
+
+
 def owner_uid(userns_fd: int) -> int:
     """The uid (in the caller's user namespace) that created user namespace ``userns_fd``."""
     uid = ctypes.c_uint32(0)

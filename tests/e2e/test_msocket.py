@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -177,6 +178,29 @@ def test_unprivileged_target_may_name_only_stacks_of_its_tree(make_netns: object
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, str(probe)]
     out = report(mstack("-o", "4", a.name, *drop, "explicit", a.path, b.path))
     assert out == {a.path: a.cookie, b.path: "EACCES", "plain": a.cookie}
+
+
+def test_an_unprivileged_target_may_name_a_stack_only_if_it_could_enter_it(
+        shared_dir: Path) -> None:
+    """Its own rootless stack (a user namespace it made: every capability there) yes; one
+    owned by its uid but made inside a container user namespace of root's, no: the kernel
+    grants nothing there (cap_capable() walks the parents), whatever the owner uid says."""
+    holders = subprocess.Popen([PYTHON, str(HELPERS / "userns_holders.py")],
+                               stdout=subprocess.PIPE, text=True)
+    try:  # the holders die with their parent (PR_SET_PDEATHSIG)
+        assert holders.stdout is not None
+        pids = json.loads(holders.stdout.readline())
+        probe = shared_dir / "p.py"
+        probe.write_text(Path(PROBE).read_text())
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON,
+                str(probe)]
+        owned, nested = (f"/proc/{pids[k]}/ns/net" for k in ("owned", "nested"))
+        out = report(mstack("-o", "4", "null", *drop, "explicit", owned, nested))
+        assert isinstance(out[owned], int)
+        assert out[nested] == "EACCES"
+    finally:
+        holders.kill()
+        holders.wait()
 
 
 NESTED_ESCAPE = r'''

@@ -8,7 +8,10 @@
  *   msocket(path, domain, SOCK_DEFAULT, 0)  make `path` the caller's default stack for
  *                                           `domain` (every family for AF_UNSPEC); returns 0
  * Errors: ENOENT no such stack, ENOTSUP not a stack, EPERM locked by mstack --lock or a
- * policy, EACCES a stack this process may not name, ENOSYS not running under mstack.
+ * policy, EACCES a stack this process may not name, EAGAIN too many stacks named in this
+ * tree, EXDEV a relative path leaving the working directory of a caller whose root is not
+ * the supervisor's (chroot), ENOSYS not running under mstack. Paths resolve as the caller's
+ * own open() would: in its root and working directory.
  */
 #ifndef MSTACK_MSOCKET_H
 #define MSTACK_MSOCKET_H

@@ -60,13 +60,16 @@ class StackRegistry:
         if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
                 _exists(opener) for _, opener in candidates):
             return self._permit(_RESERVED[raw[9:]])
-        who = creds_mod.read_creds(tid)
-        fd = self._open_first(candidates, who if sockets.privileged else None)
+        ids = creds_mod.read_fs_ids(tid) if sockets.privileged else None
+        if ids is not None and (ids.fsuid, ids.fsgid) == (sockets.own.uids[3],
+                                                          sockets.own.gids[3]):
+            ids = None  # opening as ourselves is opening as the target
+        fd = self._open_first(candidates, ids)
         ino = netns.ns_inode(fd)
         if ino in self._by_ino:
             os.close(fd)
             return self._permit(self._by_ino[ino].stack)
-        if self._nameable is not None or not self._may_name(fd, who):
+        if self._nameable is not None or not self._may_name(fd, creds_mod.read_creds(tid)):
             os.close(fd)
             raise OSError(errno.EACCES, f"{name}: not a stack this process may name")
         if not still_valid():
@@ -101,13 +104,13 @@ class StackRegistry:
 
     @staticmethod
     def _open_first(candidates: list[tuple[str, Callable[[], int]]],
-                    target: creds_mod.Creds | None) -> int:
+                    target: creds_mod.FsIds | None) -> int:
         error: OSError = OSError(errno.ENOENT, "no such stack")
         for label, opener in candidates:
             try:
                 if target is None:
                     return netns.open_netns_at(opener(), label)
-                with creds_mod.as_filesystem_user(target.fs_ids):
+                with creds_mod.as_filesystem_user(target):
                     return netns.open_netns_at(opener(), label)
             except OSError as e:
                 error = e

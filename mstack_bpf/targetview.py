@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
-from functools import cached_property
+from functools import cache, cached_property
 
 from mstack_bpf.linux import fs
+
+
+@cache
+def _our_root() -> fs.MountedInode:
+    return fs.mounted_inode("/")  # the supervisor never changes its root
 
 
 class TargetView:
@@ -29,7 +34,7 @@ class TargetView:
     def shares_our_root(self) -> bool:
         """The target's root is the very mount and directory ours is."""
         try:
-            return fs.mounted_inode(f"{self.proc}/root") == fs.mounted_inode("/")
+            return fs.mounted_inode(f"{self.proc}/root") == _our_root()
         except OSError:
             return False
 

@@ -50,10 +50,6 @@ class Creds:
     #: still succeeds comes from the task that has held TID all along.
     reopened: bool = True
 
-    @property
-    def fs_ids(self) -> FsIds:
-        return FsIds(self.uids[3], self.gids[3], self.reopened)
-
     @cached_property
     def userns(self) -> int:
         """Inode of the thread's user namespace (read when first asked: it costs a stat)."""

@@ -45,39 +45,36 @@ class Colocator:
         #: more than one CPU to choose from, and the synchronous mode is on
         self.enabled = enabled and len(self._own) > 1
         self.pinned: int | None = None  # the CPU the supervisor is pinned to
+        self._pinned_set = self._own
         self._last_tid = 0
 
     def inject(self, nid: int, tid: int, fd: int, cloexec: bool) -> int:
         """Install ``fd`` in the caller as its call's result; the fd number there."""
-        cpu = self._cpu_for(tid)
-        if cpu is None:
-            return self.listener.addfd(nid, fd, cloexec)
-        try:
-            theirs = sched.get_affinity(tid)
-        except OSError:
-            return self.listener.addfd(nid, fd, cloexec)  # gone: ADDFD says so (ENOENT)
-        here = sched.CpuSet.only(cpu)
-        if cpu not in theirs:  # the caller may not run here: do not move it
-            return self.listener.addfd(nid, fd, cloexec)
-        narrowed = theirs != here
-        if narrowed:
+        here = self._here(tid)
+        if here is not None:
             try:
-                sched.set_affinity(tid, here)
-            except OSError:  # EPERM: the caller changed its uid; ESRCH: gone
-                return self.listener.addfd(nid, fd, cloexec)
-        try:
-            newfd = self.listener.addfd(nid, fd, cloexec, send=False)
-        finally:
-            if narrowed:
-                _restore(tid, theirs)
-        self.listener.send(nid, val=newfd)
-        return newfd
+                theirs = sched.get_affinity(tid)
+            except OSError:
+                theirs = None  # gone: ADDFD says so (ENOENT)
+            # A caller that may not run here is not moved; one that runs only here needs
+            # nothing; a failure (EPERM: it changed its uid; ESRCH: gone) means no move.
+            if theirs is not None and theirs != here and self.pinned in theirs and _set(
+                    tid, here):
+                try:
+                    newfd = self.listener.addfd(nid, fd, cloexec, send=False)
+                finally:
+                    _restore(tid, theirs)
+                self.listener.send(nid, val=newfd)
+                return newfd
+        return self.listener.addfd(nid, fd, cloexec)
 
-    def _cpu_for(self, tid: int) -> int | None:
+    def _here(self, tid: int) -> sched.CpuSet | None:
         """The CPU to meet ``tid`` on, or None: only a thread that called last time too
         (a burst of calls), so that callers spread over CPUs are not gathered on one."""
         repeat = tid == self._last_tid
         self._last_tid = tid
+        if repeat and self.pinned is not None:
+            return self._pinned_set
         if not (self.enabled and repeat):
             if self.pinned is not None:  # another caller: let the scheduler place us again
                 self.pinned = None
@@ -86,15 +83,21 @@ class Colocator:
                 except OSError as e:  # a cpuset changed under us: the kernel placed us
                     log.debug("cannot unpin the supervisor: %s", e)
             return None
-        if self.pinned is None:
-            cpu = sched.current_cpu()
-            try:
-                sched.set_affinity(0, sched.CpuSet.only(cpu))
-            except OSError as e:  # e.g. a cpuset that changed under us
-                log.debug("cannot pin the supervisor to CPU %d: %s", cpu, e)
-                return None
-            self.pinned = cpu
-        return self.pinned
+        cpu = sched.current_cpu()
+        self._pinned_set = sched.CpuSet.only(cpu)
+        if not _set(0, self._pinned_set):
+            return None
+        self.pinned = cpu
+        return self._pinned_set
+
+
+def _set(tid: int, cpus: sched.CpuSet) -> bool:
+    try:
+        sched.set_affinity(tid, cpus)
+    except OSError as e:
+        log.debug("cannot set the affinity of thread %d: %s", tid, e)
+        return False
+    return True
 
 
 def _restore(tid: int, cpus: sched.CpuSet) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from functools import cache, cached_property
 
 from mstack_bpf.linux import fs
@@ -40,23 +41,22 @@ class TargetView:
 
     def open(self, path: str) -> int:
         """``path`` (absolute) as the target would resolve it."""
-        if self.shares_our_root:
-            return fs.open_path(f"{self.proc}/root{path}")
-        root = fs.open_path(f"{self.proc}/root")
-        try:
-            return fs.open_in_root(root, path)
-        finally:
-            os.close(root)
+        return self._open("root", path, fs.open_in_root)
 
     def open_relative(self, path: str) -> int:
         """``path`` relative to the target's working directory."""
+        return self._open("cwd", path, fs.open_beneath)
+
+    def _open(self, start: str, path: str, scoped: Callable[[int, str], int]) -> int:
+        """``path`` from the target's ``start`` (root or cwd): walked through /proc when the
+        target's root is ours, else resolved by ``scoped`` from a descriptor of it."""
         if self.shares_our_root:
-            return fs.open_path(f"{self.proc}/cwd/{path}")
-        cwd = fs.open_path(f"{self.proc}/cwd")
+            return fs.open_path(f"{self.proc}/{start}/{path.lstrip('/')}")
+        base = fs.open_path(f"{self.proc}/{start}")
         try:
-            return fs.open_beneath(cwd, path)
+            return scoped(base, path)
         finally:
-            os.close(cwd)
+            os.close(base)
 
     def open_own(self, path: str) -> int | None:
         """``/proc/self/...`` and ``/proc/thread-self/...``: the target's own entries (the

@@ -31,6 +31,7 @@ import errno
 import logging
 
 from mstack_bpf.linux import sched
+from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener
 
 log = logging.getLogger("mstack.supervisor")
@@ -42,6 +43,7 @@ class Colocator:
     def __init__(self, listener: Listener, enabled: bool) -> None:
         self.listener = listener
         self._own = sched.get_affinity(0)
+        self._online = sched.online_cpus()
         #: more than one CPU to choose from, and the synchronous mode is on
         self.enabled = enabled and len(self._own) > 1
         self.pinned: int | None = None  # the CPU the supervisor is pinned to
@@ -58,15 +60,32 @@ class Colocator:
                 theirs = None  # gone: ADDFD says so (ENOENT)
             # A caller that may not run here is not moved; one that runs only here needs
             # nothing; a failure (EPERM: it changed its uid; ESRCH: gone) means no move.
-            if theirs is not None and theirs != here and self.pinned in theirs and _set(
-                    tid, here):
+            # Only a caller free to run on every online CPU (one that set no affinity, the
+            # common case) is moved: its affinity is then restored as "every CPU", which is
+            # what the kernel keeps for a thread that never set one (a snapshot would stop it
+            # from getting CPUs that come online or join its cpuset later).
+            if theirs == self._online and _set(tid, here):
                 try:
                     newfd = self.listener.addfd(nid, fd, cloexec, send=False)
                 finally:
-                    _restore(tid, theirs)
-                self.listener.send(nid, val=newfd)
+                    _restore(tid, sched.EVERY_CPU)
+                self._complete(nid, newfd)
                 return newfd
         return self.listener.addfd(nid, fd, cloexec)
+
+    def _complete(self, nid: int, newfd: int) -> None:
+        """SEND after ADDFD: the fd is installed, so the call must succeed. SEND takes the
+        listener's lock interruptibly (EINTR: try again); ENOENT: the caller was killed."""
+        while True:
+            try:
+                self.listener.send(nid, val=newfd)
+                return
+            except SyscallError as e:
+                if e.errno == errno.ENOENT:
+                    return
+                if e.errno != errno.EINTR:
+                    log.error("cannot complete call %d with fd %d: %s", nid, newfd, e)
+                    return
 
     def _here(self, tid: int) -> sched.CpuSet | None:
         """The CPU to meet ``tid`` on, or None: only a thread that called last time too

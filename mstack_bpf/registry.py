@@ -15,7 +15,7 @@ from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import fs, netns
 from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
 from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, _user_stack
-from mstack_bpf.targetview import TargetView
+from mstack_bpf.targetview import TargetView, canonical
 
 CAP_SYS_ADMIN = 21
 MAX_NAMED = 1024  # namespaces a tree may name in msocket beyond those of its mapping
@@ -92,6 +92,7 @@ class StackRegistry:
     def _candidates(name: str, tid: int) -> list[tuple[str, Callable[[], int]]]:
         """Where ``name`` may be, each with a way to open it ``O_PATH`` as the target."""
         view = TargetView(tid)
+        name = canonical(name)
         if name.startswith(("/proc/self/", "/proc/thread-self/")):
             return [(name, lambda: _opened(view.open_own(name)))]
         if name.startswith("/"):
@@ -136,9 +137,11 @@ class StackRegistry:
                     parent = netns.parent_userns(ns)
                 except OSError:  # the top of our view: the target's is not an ancestor
                     return False
-                owned = netns.owner_uid(ns) == who.uids[1]
-                os.close(ns)
-                ns = parent
+                try:
+                    owned = netns.owner_uid(ns) == who.uids[1]
+                finally:
+                    os.close(ns)
+                    ns = parent
                 if owned and os.fstat(ns).st_ino == who.userns:
                     return True
             return bool(who.cap_eff & (1 << CAP_SYS_ADMIN))

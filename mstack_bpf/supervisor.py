@@ -75,9 +75,9 @@ class Supervisor:
         """Serve until the listener hangs up. ``extra`` maps other fds to poll to handlers
         (a handler returning False is not polled again); ``tick`` runs when nothing came
         for ``tick_ms``."""
+        # Always poll() first: a blocking RECV returns once every task is gone only since
+        # Linux 6.11; before, the supervisor would wait there for good.
         handlers = dict(extra or {})
-        if not handlers and tick is None:
-            return self._serve_listener()
         poller = select.poll()
         poller.register(self.listener.fd, select.POLLIN)
         for fd in handlers:
@@ -97,18 +97,6 @@ class Supervisor:
                     self.handle_one()
                 elif events & (select.POLLHUP | select.POLLERR):
                     return
-
-    def _serve_listener(self) -> None:
-        """Nothing but the listener to wait for: wait in RECV itself, one system call less
-        per call than poll + RECV. RECV fails with ENOENT once no task is left (and when a
-        caller went before we looked): the listener then also reports POLLHUP."""
-        poller = select.poll()
-        poller.register(self.listener.fd, select.POLLIN)
-        while True:
-            if not self.handle_one():
-                for _, events in poller.poll(0):
-                    if events & (select.POLLHUP | select.POLLERR):
-                        return
 
     def handle_one(self) -> bool:
         """Receive and answer one call; False if there was none to receive."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable
 from functools import cache, cached_property
 
@@ -48,10 +49,11 @@ class TargetView:
         return self._open("cwd", path, fs.open_beneath)
 
     def _open(self, start: str, path: str, scoped: Callable[[int, str], int]) -> int:
-        """``path`` from the target's ``start`` (root or cwd): walked through /proc when the
-        target's root is ours, else resolved by ``scoped`` from a descriptor of it."""
-        if self.shares_our_root:
-            return fs.open_path(f"{self.proc}/{start}/{path.lstrip('/')}")
+        """``path`` from the target's ``start`` (root or cwd), resolved by ``scoped`` from a
+        descriptor of it; a relative path of a target whose root is ours is walked through
+        /proc/TID/cwd instead, where ``..`` may go above the working directory."""
+        if start == "cwd" and self.shares_our_root:  # ".." above the cwd works as natively
+            return fs.open_path(f"{self.proc}/cwd/{path}")
         base = fs.open_path(f"{self.proc}/{start}")
         try:
             return scoped(base, path)
@@ -60,11 +62,29 @@ class TargetView:
 
     def open_own(self, path: str) -> int | None:
         """``/proc/self/...`` and ``/proc/thread-self/...``: the target's own entries (the
-        supervisor's "self" is not the target), never another process's; None for others."""
+        supervisor's "self" is not the target); None for other paths. Its namespaces and
+        fds are links to objects; ``root/...`` and ``cwd/...`` go on in its own root."""
         for own in ("/proc/self/", "/proc/thread-self/"):
             if path.startswith(own):
-                full = os.path.normpath(f"{self.proc}/{path[len(own):]}")
-                if not full.startswith(f"{self.proc}/"):
-                    raise OSError(errno.ENOENT, path)  # ".." out of the target's own entry
-                return fs.open_path(full)
+                rest = path[len(own):]
+                head, _, tail = rest.partition("/")
+                if head == "root":
+                    return self.open("/" + tail)
+                if head == "cwd":
+                    return self.open_relative(tail or ".")
+                if _OWN_LINK.fullmatch(rest):
+                    return fs.open_path(f"{self.proc}/{rest}")
+                raise OSError(errno.ENOENT, path)  # nothing else names a stack
         return None
+
+
+_OWN_LINK = re.compile(r"(task/\d+/)?(ns/[a-z_]+|fd/\d+)")
+
+
+def canonical(path: str) -> str:
+    """``path`` with ``//`` and ``/./`` collapsed (what the kernel ignores anyway), so that
+    ``//proc/./self`` is recognised as the target's /proc/self."""
+    absolute = path.startswith("/")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    joined = "/".join(parts)
+    return ("/" + joined if absolute else joined) or ("/" if absolute else ".")

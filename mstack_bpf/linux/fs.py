@@ -80,6 +80,10 @@ def open_in_root(root_fd: int, path: str) -> int:
         if fs_type(dir_fd) != PROC_SUPER_MAGIC or not stat.S_ISLNK(
                 os.stat(base, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             raise SyscallError(errno.EXDEV, "openat2", path)
+        # procfs' "self" is whoever reads it: reached by another route than the caller's own
+        # /proc/self (e.g. /dev/fd), it would be this process's entry, not the caller's.
+        if os.readlink(f"/proc/self/fd/{dir_fd}").startswith(f"/proc/{os.getpid()}/"):
+            raise SyscallError(errno.ENOENT, "openat2", path)
         return open_path(base, dir_fd)
     finally:
         os.close(dir_fd)

@@ -58,6 +58,21 @@ class CpuSet:
 
 
 _single: dict[int, CpuSet] = {}
+#: every CPU the kernel could ever have: as an affinity, "no restriction" (the kernel
+#: intersects it with the cpuset and the online CPUs, now and as they change)
+EVERY_CPU = CpuSet(b"\xff" * MASK_BYTES)
+
+
+def online_cpus() -> CpuSet:
+    """The CPUs online now (``/sys/devices/system/cpu/online``, e.g. ``0-3,6``)."""
+    with open("/sys/devices/system/cpu/online") as f:
+        text = f.read().strip()
+    raw = bytearray(MASK_BYTES)
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        for cpu in range(int(first), int(last or first) + 1):
+            raw[cpu // 8] |= 1 << (cpu % 8)
+    return CpuSet(bytes(raw))
 
 
 def current_cpu() -> int:

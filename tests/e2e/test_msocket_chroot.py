@@ -47,8 +47,10 @@ def named_from_jail(jail: Path, netns: Netns, uid: int, *paths: str) -> dict[str
 
 def test_paths_resolve_in_the_jail(jail: Path, netns: Netns, host_cookie: int) -> None:
     escape = f"/../../../../../run/netns/{netns.name}"
+    own_escape = "/proc/self/root" + escape
     out = named_from_jail(jail, netns, -1, "/inside", "/in-link", "run/../inside", escape,
-                          "/abs-link", netns.name, "/proc/self/ns/net", "@self")
+                          "/abs-link", netns.name, "/proc/self/ns/net", "@self",
+                          "/proc/self/root/inside", own_escape, "//proc/./self/ns/net")
     assert out == {
         "/inside": {"cookie": netns.cookie},
         "/in-link": {"cookie": netns.cookie},  # an absolute symlink, followed in the jail
@@ -58,6 +60,9 @@ def test_paths_resolve_in_the_jail(jail: Path, netns: Netns, host_cookie: int) -
         netns.name: {"errno": "ENOENT"},  # a bare name is looked up in the jail's /run/netns
         "/proc/self/ns/net": {"cookie": host_cookie},
         "@self": {"cookie": host_cookie},  # a magic link, in the jail's procfs
+        "/proc/self/root/inside": {"cookie": netns.cookie},  # its own root, in its root
+        own_escape: {"errno": "ENOENT"},
+        "//proc/./self/ns/net": {"cookie": host_cookie},  # its self, not the supervisor's
     }
 
 

@@ -50,10 +50,14 @@ class TargetView:
 
     def _open(self, start: str, path: str, scoped: Callable[[int, str], int]) -> int:
         """``path`` from the target's ``start`` (root or cwd), resolved by ``scoped`` from a
-        descriptor of it; a relative path of a target whose root is ours is walked through
-        /proc/TID/cwd instead, where ``..`` may go above the working directory."""
-        if start == "cwd" and self.shares_our_root:  # ".." above the cwd works as natively
-            return fs.open_path(f"{self.proc}/cwd/{path}")
+        descriptor of it; a relative path of a target whose root is ours is resolved from
+        the root through its working directory's path instead."""
+        if start == "cwd" and self.shares_our_root:
+            # Our root is its root, so the link names its cwd in both: resolve from the root,
+            # where ".." may go above the cwd as natively and procfs' "self" is checked.
+            cwd = os.readlink(f"{self.proc}/cwd")
+            if cwd.startswith("/") and not cwd.endswith(" (deleted)"):
+                return self.open(f"{cwd}/{path}")
         base = fs.open_path(f"{self.proc}/{start}")
         try:
             return scoped(base, path)

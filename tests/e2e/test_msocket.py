@@ -52,6 +52,18 @@ def test_files_that_are_not_stacks_are_never_opened(netns: Netns, tmp_path: Path
                           "/dev/null": "ENOTSUP", "plain": netns.cookie}
 
 
+def test_procfs_self_is_the_callers_or_nothing(netns: Netns, host_cookie: int) -> None:
+    """procfs' "self" is whoever reads it: the supervisor opens the path, so only the
+    caller's own /proc/self (however spelled) may lead there; any other route (the
+    /dev/fd symlink) is refused rather than answered with the supervisor's entries."""
+    out = msprobe("-o", "4", netns.name, command=(
+        "explicit", "//proc/./self/ns/net", "/proc/thread-self/ns/net", "/dev/fd/0",
+        "/proc/self/root/proc/self/ns/net"))
+    assert out == {"//proc/./self/ns/net": host_cookie, "/proc/thread-self/ns/net": host_cookie,
+                   "/dev/fd/0": "ENOENT", "/proc/self/root/proc/self/ns/net": "ENOENT",
+                   "plain": netns.cookie}
+
+
 def test_sock_default_changes_one_family(netns: Netns, host_cookie: int) -> None:
     out = msprobe("native", command=("setdefault", netns.name, "2"))
     assert out["result"] is None

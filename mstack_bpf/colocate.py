@@ -58,12 +58,11 @@ class Colocator:
                 theirs = sched.get_affinity(tid)
             except OSError:
                 theirs = None  # gone: ADDFD says so (ENOENT)
-            # A caller that may not run here is not moved; one that runs only here needs
-            # nothing; a failure (EPERM: it changed its uid; ESRCH: gone) means no move.
             # Only a caller free to run on every online CPU (one that set no affinity, the
             # common case) is moved: its affinity is then restored as "every CPU", which is
             # what the kernel keeps for a thread that never set one (a snapshot would stop it
-            # from getting CPUs that come online or join its cpuset later).
+            # from getting CPUs that come online or join its cpuset later). A caller we may
+            # not move (EPERM: it changed its uid) or that has gone is injected as usual.
             if theirs == self._online and _set(tid, here):
                 try:
                     newfd = self.listener.addfd(nid, fd, cloexec, send=False)

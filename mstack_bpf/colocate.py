@@ -13,10 +13,10 @@ supervisor's CPU:
 
 1. the supervisor pins itself to the CPU it runs on, for as long as that thread's calls keep
    coming (a call from another thread unpins it);
-2. it narrows the caller thread's affinity to that CPU, installs the socket with ADDFD
-   *without* SEND (the caller wakes here, installs the fd and waits again), restores the
-   caller's affinity, and only then completes the call with SEND, whose synchronous wake-up
-   resumes the caller on this CPU with its own affinity.
+2. if the caller may run on every online CPU, it narrows the caller thread's affinity to
+   that CPU, installs the socket with ADDFD *without* SEND (the caller wakes here, installs
+   the fd and waits again), gives the caller back "every CPU", and only then completes the
+   call with SEND, whose synchronous wake-up resumes the caller on this CPU.
 
 The caller's affinity is therefore narrowed only while it is inside its ``socket()`` call and
 never seen by the caller itself. Between ADDFD and SEND the caller can only be killed, not

@@ -108,6 +108,12 @@ def netns(make_netns: object) -> Netns:
     return make_netns()  # type: ignore[operator, no-any-return]
 
 
+@pytest.fixture
+def netns_name(netns: Netns) -> str:
+    """Just the name of a fresh namespace (loopback up; always removed)."""
+    return netns.name
+
+
 @pytest.fixture(scope="session")
 def host_cookie() -> int:
     return cookie_of_netns(None)
@@ -217,15 +223,20 @@ def kill_all(pids: object) -> None:
             os.kill(pid, 9)
 
 
-def stop_tree(proc: subprocess.Popen[str], marker: str) -> None:
-    """Kill a target started under mstack (if alive), close its pipes, and make sure the
-    supervisor tagged ``marker`` is gone too."""
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` (if alive), reap it and close its pipes."""
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
             stream.close()
+
+
+def stop_tree(proc: subprocess.Popen[str], marker: str) -> None:
+    """Kill a target started under mstack (if alive), close its pipes, and make sure the
+    supervisor tagged ``marker`` is gone too."""
+    stop_process(proc)
     if not wait_until(lambda: not supervisors_of(marker), timeout=5):
         kill_all(supervisors_of(marker))
 

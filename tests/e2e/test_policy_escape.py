@@ -33,6 +33,7 @@ from tests.conftest import (
     mstack,
     needs_root,
     run,
+    stop_process,
     supervisors,
 )
 
@@ -167,12 +168,7 @@ def outside(make_netns: object, workdir: Path) -> Iterator[Outside]:
         yield Outside(ns, facts["pid"], facts["inet"], facts["packet"], facts["buf"], sock_path,
                       proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        stop_process(proc)
 
 
 # --- every ABI, io_uring, SOCK_PACKET -----------------------------------------------------

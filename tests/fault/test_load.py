@@ -106,6 +106,15 @@ def supervisor_files(pid: int) -> tuple[dict[int, str], int]:
     return {fd: t for fd, t in links.items() if not TASK_FILE.fullmatch(t)}, cached
 
 
+def unchanged(target: Workload, before: dict[int, str], host_cookie: int) -> None:
+    """Once every call is done, the supervisor holds exactly what it held ``before`` (its
+    cache of callers' files aside, which is bounded)."""
+    assert target.synced(host_cookie)
+    after, cached = supervisor_files(target.supervisor)
+    assert after == before
+    assert cached <= TASK_CACHE
+
+
 def all_served(calls: object, cookie: int) -> None:
     """Every call of every thread came back, with a socket in the stack."""
     assert isinstance(calls, dict)
@@ -129,10 +138,7 @@ def test_eight_processes_of_four_threads(load_bin: str, netns: Netns, host_cooki
             assert report["processes"] == report["clean_exits"] == 8
             all_served(report["calls"], netns.cookie)
             assert len(report["calls"]["threads"]) == 32  # type: ignore[index]
-            assert target.synced(host_cookie)
-            after, cached = supervisor_files(target.supervisor)
-            assert after == before
-            assert cached <= TASK_CACHE
+            unchanged(target, before, host_cookie)
 
 
 def test_fork_exec_storm_of_a_thousand_processes(load_bin: str, netns: Netns,
@@ -150,11 +156,8 @@ def test_fork_exec_storm_of_a_thousand_processes(load_bin: str, netns: Netns,
             "unix": {str(host_cookie): 1000, "other": 0},
             "errnos": {"0": 1000, "other": 0},
         }
-        assert target.synced(host_cookie)
         assert supervisors_of(target.marker) == {target.supervisor}
-        after, cached = supervisor_files(target.supervisor)
-        assert after == before
-        assert cached <= TASK_CACHE
+        unchanged(target, before, host_cookie)
 
 
 def test_full_fd_tables_in_many_threads_leave_the_others_served(load_bin: str, netns: Netns,
@@ -176,10 +179,7 @@ def test_full_fd_tables_in_many_threads_leave_the_others_served(load_bin: str, n
             assert attempted == returned > 0
         all_served(report["others"], netns.cookie)
         all_served(report["full_after"], netns.cookie)  # two fds freed: served again
-        assert target.synced(host_cookie)
-        after, cached = supervisor_files(target.supervisor)
-        assert after == before
-        assert cached <= TASK_CACHE
+        unchanged(target, before, host_cookie)
         all_served(target.go()["calls"], netns.cookie)
 
 
@@ -200,11 +200,8 @@ def test_killing_threaded_targets_mid_call_leaves_the_tree_served(load_bin: str,
         assert report["clean_exits"] == 2
         all_served(report["survivors"], netns.cookie)
         all_served(report["after"], netns.cookie)
-        assert target.synced(host_cookie)
         assert supervisors_of(target.marker) == {target.supervisor}
-        after, cached = supervisor_files(target.supervisor)
-        assert after == before
-        assert cached <= TASK_CACHE
+        unchanged(target, before, host_cookie)
 
 
 def test_supervisor_out_of_descriptors_fails_closed_and_recovers(load_bin: str, netns: Netns,

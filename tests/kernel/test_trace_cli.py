@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,18 +44,6 @@ def run(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]
     return subprocess.run([*TRACE, *args], capture_output=True, text=True, env=ENV, timeout=30)
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    if shutil.which("ip") is None:
-        pytest.skip("needs ip(8) (iproute2)")
-    name = f"mstk-t-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 def test_command_json_and_exit_status() -> None:
     proc = run("--json", "--", PY, "-c", WORK)
     assert proc.returncode == 3, proc.stderr
@@ -73,17 +58,17 @@ def test_command_json_and_exit_status() -> None:
     ]
 
 
-def test_text_columns_and_summary_in_netns(netns: str) -> None:
+def test_text_columns_and_summary_in_netns(netns_name: str) -> None:
     code = "import socket; socket.socket(socket.AF_INET)"
-    proc = run("-s", "--", "ip", "netns", "exec", netns, PY, "-c", code)
+    proc = run("-s", "--", "ip", "netns", "exec", netns_name, PY, "-c", code)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["TIME", "PID", "COMM", "CALL", "FAMILY", "TYPE", "FD/ERR", "STACK"]
     inet = [line.split() for line in lines[1:] if " ipv4 " in line]
-    assert len(inet) == 1 and inet[0][-1] == netns and inet[0][3] == "socket"
+    assert len(inet) == 1 and inet[0][-1] == netns_name and inet[0][3] == "socket"
     table = proc.stderr.splitlines()
     assert table[0].split() == ["FAMILY", "STACK", "SOCKETS", "REFUSED"]
-    assert ["ipv4", netns, "1", "-"] in [row.split() for row in table[1:]]
+    assert ["ipv4", netns_name, "1", "-"] in [row.split() for row in table[1:]]
 
 
 def test_pid_mode_stops_cleanly_on_sigterm() -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -62,20 +59,6 @@ print(json.dumps(out), flush=True)
 """
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A fresh, uniquely named network namespace with loopback up; always removed."""
-    if shutil.which("ip") is None:
-        pytest.skip("needs ip(8) (iproute2)")
-    name = f"mstk-t-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 def _events_of(events: list[Event], pid: int) -> list[Event]:
     return [e for e in events if e.pid == pid]
 
@@ -109,7 +92,7 @@ def _check_probe(report: dict[str, object], events: list[Event]) -> None:
         assert failed[0].sock_netns == 0 and not failed[0].fds
 
 
-def test_sockets_native_and_in_netns(netns: str) -> None:
+def test_sockets_native_and_in_netns(netns_name: str) -> None:
     # The outsider makes sockets all along, outside the traced tree.
     outsider = subprocess.Popen(
         [
@@ -118,7 +101,7 @@ def test_sockets_native_and_in_netns(netns: str) -> None:
             "import socket,time\nfor _ in range(100): socket.socket().close(); time.sleep(0.01)",
         ]
     )
-    script = f'read go; {PY} -c "$PROBE"; ip netns exec {netns} {PY} -c "$PROBE"'
+    script = f'read go; {PY} -c "$PROBE"; ip netns exec {netns_name} {PY} -c "$PROBE"'
     work = subprocess.Popen(
         ["sh", "-c", script],
         stdin=subprocess.PIPE,
@@ -135,7 +118,7 @@ def test_sockets_native_and_in_netns(netns: str) -> None:
     finally:
         outsider.wait()
     native, inside = (json.loads(line) for line in out.splitlines())
-    ns_inode = os.stat(f"/run/netns/{netns}").st_ino
+    ns_inode = os.stat(f"/run/netns/{netns_name}").st_ino
     assert native["netns"] == os.stat("/proc/self/ns/net").st_ino
     assert inside["netns"] == ns_inode != native["netns"]
     _check_probe(native, events)
@@ -144,7 +127,7 @@ def test_sockets_native_and_in_netns(netns: str) -> None:
     # Only the traced tree: sh, the probes, and ip(8) (which execs the second probe).
     assert {e.pid for e in events} <= {work.pid, native["pid"], inside["pid"]}
     names = StackNames()
-    assert names[ns_inode] == netns
+    assert names[ns_inode] == netns_name
     assert names[native["netns"]] == "native"
 
 

@@ -24,12 +24,15 @@ deps:
 venv: deps
 	@test -x $(PY) || /usr/bin/python3 -m venv $(PREFIX)
 
-build: deps
+build: venv
 	@if [ -f bpf/Makefile ]; then $(MAKE) -s -C bpf; fi
+	@# the compiled module also next to its sources: the tests import the tree, not the install
+	@mkdir -p build && $(PY) setup.py -q build_ext --inplace >build/ext.log 2>&1 || \
+	  { cat build/ext.log >&2; echo "building mstack_bpf/linux/_colocate.c failed" >&2; exit 1; }
 
 install: venv build
 	@$(PREFIX)/bin/pip install -q --disable-pip-version-check '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import mstack_bpf' || { echo "install failed" >&2; exit 1; }
+	@$(PY) -c 'import mstack_bpf.linux._colocate' || { echo "install failed" >&2; exit 1; }
 	@for cmd in mstack mstack-trace mstack-stack; do \
 	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
 	@mkdir -p $(MANDIR) $(MAN5DIR) $(INCDIR) $(SHAREDIR)/policy
@@ -60,5 +63,5 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf build *.egg-info tests/bin
+	rm -rf build *.egg-info tests/bin mstack_bpf/linux/*.so
 	@if [ -f bpf/Makefile ]; then $(MAKE) -s -C bpf clean; fi

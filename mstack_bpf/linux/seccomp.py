@@ -11,8 +11,11 @@ import ctypes
 import enum
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from mstack_bpf.linux import _colocate
 from mstack_bpf.linux._ffi import SyscallError, ioctl, ioctl_value, iow, iowr, raw_ioctl, syscall
+from mstack_bpf.linux.sched import CpuSet
 
 NR_seccomp = 317
 
@@ -180,6 +183,15 @@ assert (_RESP.size, _ADDFD.size) == (ctypes.sizeof(SeccompNotifResp),
                                      ctypes.sizeof(SeccompNotifAddfd))
 
 
+class Narrowed(NamedTuple):
+    """What :meth:`Listener.addfd_narrowed` did: the fd number in the target, and the errno
+    (0: none) of giving the target its CPUs back and of completing the call."""
+
+    fd: int
+    restore_errno: int
+    send_errno: int
+
+
 class Listener:
     """The supervisor's side of a notification fd, with preallocated, reused buffers."""
 
@@ -232,3 +244,20 @@ class Listener:
         if fd < 0:
             raise SyscallError(ctypes.get_errno(), "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
         return fd
+
+    def addfd_narrowed(self, notif_id: int, tid: int, srcfd: int, cloexec: bool,
+                       cpus: CpuSet, online: CpuSet) -> Narrowed | None:
+        """Install ``srcfd`` in ``tid`` and complete the call with it, ``tid`` allowed only
+        ``cpus`` while it installs: only if its affinity is exactly ``online`` and we may
+        change it (else None, nothing done). Then it gets every CPU back, before SEND.
+
+        Raises for a failed ADDFD; a failed restore or SEND is reported in the result.
+        """
+        done = _colocate.narrowed_addfd(self.fd, notif_id, tid, srcfd, cloexec, cpus.raw,
+                                        online.raw)
+        if done is None:
+            return None
+        fd, restore_errno, send_errno = done
+        if fd < 0:
+            raise SyscallError(-fd, "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
+        return Narrowed(fd, restore_errno, send_errno)

@@ -175,6 +175,7 @@ def install_filter(program: list[Instruction], flags: int) -> int:
 
 
 _NOTIF_SIZE = ctypes.sizeof(SeccompNotif)
+_NOTIF_ZEROS = bytes(_NOTIF_SIZE)
 # Replies are packed with struct into the ctypes buffers (addresses taken once): for calls
 # made at every notification, a fraction of the cost of ctypes field assignments.
 _RESP = struct.Struct("=QqiI")
@@ -203,6 +204,7 @@ class Listener:
         self._id = ctypes.c_uint64()
         # addresses taken once: these calls run for every notification
         self._notif_at = ctypes.addressof(self.notif)
+        self._notif_bytes = memoryview(self.notif).cast("B")  # zeroed by slice assignment
         self._resp_at = ctypes.addressof(self._resp)
         self._addfd_at = ctypes.addressof(self._addfd)
 
@@ -213,7 +215,7 @@ class Listener:
 
     def recv(self) -> SeccompNotif:
         """Receive one notification. The buffer must be zeroed first, or the kernel says EINVAL."""
-        ctypes.memset(self._notif_at, 0, _NOTIF_SIZE)
+        self._notif_bytes[:] = _NOTIF_ZEROS  # a quarter of ctypes.memset's cost
         if raw_ioctl(self.fd, IOCTL_NOTIF_RECV, self._notif_at) < 0:
             raise SyscallError(ctypes.get_errno(), "ioctl(SECCOMP_IOCTL_NOTIF_RECV)")
         return self.notif

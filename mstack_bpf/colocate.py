@@ -2,11 +2,12 @@
 
 A redirected ``socket()`` is a round trip between two processes, and on an idle machine the
 scheduler spreads them over two CPUs: every wake-up then lands on an idle CPU, which in a VM
-costs a halted vCPU's wake-up (measured here: the round trip takes 60 µs spread, 27 µs on one
-CPU). The listener's synchronous mode (``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP``) keeps the
-notification and the reply on the CPU that sent them, but ``SECCOMP_IOCTL_NOTIF_ADDFD``
-wakes the caller with an ordinary wake-up and then waits for it: the caller moves to an idle
-CPU, and so does the supervisor after it.
+costs a halted vCPU's wake-up (``make bench`` here: the round trip takes ~48 µs spread over
+two CPUs, ~24 µs co-located as below, ~17 µs with both pinned to one CPU by the user). The
+listener's synchronous mode (``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP``) keeps the notification
+and the reply on the CPU that sent them, but ``SECCOMP_IOCTL_NOTIF_ADDFD`` wakes the caller
+with an ordinary wake-up and then waits for it: the caller moves to an idle CPU, and so does
+the supervisor after it.
 
 For a caller that makes sockets back to back, this module keeps the round trip on the
 supervisor's CPU:

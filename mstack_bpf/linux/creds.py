@@ -126,9 +126,12 @@ def read_fs_ids(tid: int) -> FsIds:
             ids, reopened = _pidfds.read(tid)
             return FsIds(ids.uids[3], ids.gids[3], reopened)
         except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
-                raise
-            _pidfd_info = False  # an older kernel: fall back for good
+            # ESRCH: gone, or a live thread the kernel will not describe to us (some
+            # versions refuse one whose parent is outside our pid namespace): /proc decides.
+            if e.errno != errno.ESRCH:
+                if e.errno not in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
+                    raise
+                _pidfd_info = False  # an older kernel: fall back for good
     creds = read_creds(tid)
     return FsIds(creds.uids[3], creds.gids[3], creds.reopened)
 

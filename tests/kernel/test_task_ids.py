@@ -71,6 +71,19 @@ def test_fs_ids_from_the_status_file_on_kernels_without_pidfd_info(
     assert (ids.fsuid, ids.fsgid) == (4321, 8765)
 
 
+def test_a_live_thread_pidfd_info_refuses_is_read_from_the_status_file(
+        thread_with_fs_ids: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ESRCH from PIDFD_GET_INFO is not taken for "gone" while /proc still has the thread
+    (kernels that want its parent visible to us refuse some live threads)."""
+    def refuse(fd: int) -> pidfd.TaskIds:
+        raise OSError(errno.ESRCH, "ioctl(PIDFD_GET_INFO)")
+
+    monkeypatch.setattr(creds._pidfds, "_read", refuse)
+    ids = creds.read_fs_ids(thread_with_fs_ids)
+    assert (ids.fsuid, ids.fsgid) == (4321, 8765)
+    assert creds._pidfd_info  # still used for the next call
+
+
 def test_a_reaped_thread_reads_as_gone() -> None:
     tids: list[int] = []
     t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))

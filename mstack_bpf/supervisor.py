@@ -223,9 +223,9 @@ class Supervisor:
         try:
             target = self.sockets.target_creds(tid, d.family, d.type, d.protocol)
         except OSError as e:
-            if e.errno in _GONE:
+            if e.errno in _GONE and not self.listener.id_valid(nid):
                 return -errno.ENOENT
-            raise
+            raise  # a caller still waiting gets the errno: never left unanswered
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         # Whatever was just opened through /proc by tid must be the caller's: the tid may
         # have been reused since RECV. (A status file opened earlier that still reads comes

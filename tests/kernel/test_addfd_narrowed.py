@@ -5,100 +5,23 @@ the call is still pending."""
 
 from __future__ import annotations
 
-import array
 import errno
-import json
 import os
-import select
 import socket
-import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from mstack_bpf.linux import prctl, sched
+from mstack_bpf.linux import sched
 from mstack_bpf.linux._ffi import SyscallError
-from mstack_bpf.linux.seccomp import (
-    SECCOMP_FILTER_FLAG_NEW_LISTENER,
-    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
-    Action,
-    Instruction,
-    Listener,
-    install_filter,
-)
+from mstack_bpf.linux.seccomp import Listener
 from tests.conftest import needs_root
+from tests.helpers.listener_child import Caller, caller
 
 pytestmark = [needs_root, pytest.mark.skipif(
     (os.cpu_count() or 1) < 2, reason="narrowing needs at least two CPUs")]
-
-NR_socket = 41
+__all__ = ["caller"]  # the fixture
 ONLINE = sched.online_cpus()
 ALL = list(range(os.cpu_count() or 1))
-# socket() goes to the listener, everything else runs
-PROGRAM = [
-    Instruction(0x20, 0, 0, 0),  # ld [nr]
-    Instruction(0x15, 0, 1, NR_socket),  # jeq socket
-    Instruction(0x06, 0, 0, Action.USER_NOTIF),
-    Instruction(0x06, 0, 0, Action.ALLOW),
-]
-
-
-@dataclass
-class Caller:
-    pid: int
-    listener: Listener
-    reports: socket.socket
-
-    def receive(self) -> tuple[int, int]:
-        """Wait for the child's socket() call: (notification id, tid)."""
-        assert select.select([self.listener.fd], [], [], 10)[0], "no call came"
-        notif = self.listener.recv()
-        return notif.id, notif.pid
-
-    def report(self) -> dict[str, object]:
-        assert select.select([self.reports], [], [], 10)[0], "no report came"
-        result: dict[str, object] = json.loads(self.reports.recv(4096))
-        return result
-
-
-def _child(channel: socket.socket, cpus: list[int] | None) -> None:
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
-    prctl.set_no_new_privs()
-    fd = install_filter(PROGRAM, SECCOMP_FILTER_FLAG_NEW_LISTENER
-                        | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
-    channel.sendmsg([b"l"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-    os.close(fd)
-    try:
-        got = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        report = {"fd": got.fileno(), "inode": os.fstat(got.fileno()).st_ino,
-                  "cloexec": not os.get_inheritable(got.fileno())}
-    except OSError as e:
-        report = {"errno": e.errno}
-    report["after"] = sorted(os.sched_getaffinity(0))
-    channel.send(json.dumps(report).encode())
-
-
-@pytest.fixture(params=[None], ids=["free"])
-def caller(request: pytest.FixtureRequest) -> Iterator[Caller]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ours.close()
-            _child(theirs, request.param)
-        finally:
-            os._exit(0)
-    theirs.close()
-    _, fds, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("i")))
-    listener_fd = struct.unpack("i", fds[0][2][:4])[0]
-    try:
-        yield Caller(pid, Listener(listener_fd), ours)
-    finally:
-        os.close(listener_fd)  # a pending call fails: the child goes on and exits
-        ours.close()
-        os.waitpid(pid, 0)
 
 
 def cpus_allowed(pid: int) -> list[int]:

@@ -32,7 +32,7 @@ build: venv
 
 install: venv build
 	@$(PREFIX)/bin/pip install -q --disable-pip-version-check '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import mstack_bpf.linux._colocate' || { echo "install failed" >&2; exit 1; }
+	@cd / && $(PY) -c 'import mstack_bpf.linux._colocate' || { echo "install failed" >&2; exit 1; }
 	@for cmd in mstack mstack-trace mstack-stack; do \
 	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
 	@mkdir -p $(MANDIR) $(MAN5DIR) $(INCDIR) $(SHAREDIR)/policy

@@ -36,6 +36,7 @@ import logging
 import os
 
 from mstack_bpf.linux import sched
+from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener
 
 log = logging.getLogger("mstack.supervisor")
@@ -68,6 +69,8 @@ class Colocator:
                 if done.restore_errno not in (0, errno.ESRCH):  # ESRCH: gone, nothing to do
                     log.warning("could not restore the affinity of thread %d: %s", tid,
                                 os.strerror(done.restore_errno))
+                if done.addfd_errno:
+                    raise SyscallError(done.addfd_errno, "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
                 if done.send_errno not in (0, errno.ENOENT):  # ENOENT: the caller was killed
                     log.error("cannot complete call %d with fd %d: %s", nid, done.fd,
                               os.strerror(done.send_errno))

@@ -60,6 +60,7 @@ class Tables:
                     return seen[1]
             except OSError:
                 pass  # gone, or its fd closed: read the link
+            del self._seen[tid]
         try:
             link = os.readlink(f"/proc/{tid}/fd/{MARKER_FD}")
         except OSError:
@@ -97,3 +98,5 @@ class Tables:
         for _, fd in self._markers.values():
             os.close(fd)
         self._markers.clear()
+        self._by_marker.clear()
+        self._seen.clear()

@@ -45,8 +45,8 @@ PyDoc_STRVAR(narrowed_addfd_doc,
 "\n"
 "If thread tid may run on exactly the CPUs `online` and lets us narrow it to `cpus`:\n"
 "ADDFD without SEND, give it every CPU back, then SEND the installed fd (again after\n"
-"EINTR). Returns (fd or -errno of ADDFD, errno of the restore, errno of SEND), 0 for\n"
-"success; None if the thread was not narrowed (nothing done: inject as usual).");
+"EINTR, as is ADDFD). Returns (fd or -1, errno of ADDFD, of the restore, of SEND), 0\n"
+"for success; None if the thread was not narrowed (nothing done: inject as usual).");
 
 static PyObject *narrowed_addfd(PyObject *self, PyObject *args)
 {
@@ -69,7 +69,10 @@ static PyObject *narrowed_addfd(PyObject *self, PyObject *args)
 			.newfd_flags = cloexec ? O_CLOEXEC : 0,
 		};
 		narrowed = 1;
-		fd = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
+		/* EINTR (the listener's lock, or the wait, interrupted): nothing was installed */
+		do
+			fd = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
+		while (fd < 0 && errno == EINTR);
 		if (fd < 0)
 			addfd_err = errno;
 		if (syscall(SYS_sched_setaffinity, tid, sizeof every_cpu, every_cpu) != 0)
@@ -90,7 +93,7 @@ static PyObject *narrowed_addfd(PyObject *self, PyObject *args)
 	Py_END_ALLOW_THREADS
 	if (!narrowed)
 		Py_RETURN_NONE;
-	return Py_BuildValue("(iii)", addfd_err ? -addfd_err : fd, restore_err, send_err);
+	return Py_BuildValue("(iiii)", fd, addfd_err, restore_err, send_err);
 }
 
 static PyMethodDef methods[] = {

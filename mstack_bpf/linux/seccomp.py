@@ -185,10 +185,13 @@ assert (_RESP.size, _ADDFD.size) == (ctypes.sizeof(SeccompNotifResp),
 
 
 class Narrowed(NamedTuple):
-    """What :meth:`Listener.addfd_narrowed` did: the fd number in the target, and the errno
-    (0: none) of giving the target its CPUs back and of completing the call."""
+    """What :meth:`Listener.addfd_narrowed` did: the fd number in the target (-1 if ADDFD
+    failed), and the errno (0: none) of ADDFD, of giving the target its CPUs back and of
+    completing the call. Reported rather than raised: a failed restore must be known even
+    when ADDFD failed too."""
 
     fd: int
+    addfd_errno: int
     restore_errno: int
     send_errno: int
 
@@ -252,14 +255,7 @@ class Listener:
         """Install ``srcfd`` in ``tid`` and complete the call with it, ``tid`` allowed only
         ``cpus`` while it installs: only if its affinity is exactly ``online`` and we may
         change it (else None, nothing done). Then it gets every CPU back, before SEND.
-
-        Raises for a failed ADDFD; a failed restore or SEND is reported in the result.
         """
         done = _colocate.narrowed_addfd(self.fd, notif_id, tid, srcfd, cloexec, cpus.raw,
                                         online.raw)
-        if done is None:
-            return None
-        fd, restore_errno, send_errno = done
-        if fd < 0:
-            raise SyscallError(-fd, "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
-        return Narrowed(fd, restore_errno, send_errno)
+        return None if done is None else Narrowed._make(done)

@@ -90,8 +90,14 @@ def caller(request: pytest.FixtureRequest) -> Iterator[Caller]:
         finally:
             os._exit(0)
     theirs.close()
-    _, fds, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("i")))
-    listener_fd = struct.unpack("i", fds[0][2][:4])[0]
+    try:
+        _, fds, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("i")))
+        listener_fd = struct.unpack("i", fds[0][2][:4])[0]
+    except BaseException:  # the child failed before it passed its listener
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        ours.close()
+        raise
     child = Caller(pid, Listener(listener_fd), ours)
     try:
         yield child

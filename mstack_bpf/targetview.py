@@ -7,7 +7,8 @@ mount namespace): otherwise ``..`` and absolute symlinks would be resolved again
 files outside its own root. Such targets are resolved with ``RESOLVE_IN_ROOT``
 (``linux/fs.py``); their relative paths must then stay below their working directory.
 Everything is opened ``O_PATH``: nothing is really opened before it is known to be a
-namespace file.
+namespace file. procfs' ``self`` means the target wherever the walk meets it: explicitly
+here (``/proc/self/...``), by any other route in ``fs.open_in_root``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class TargetView:
     """Resolve paths for thread ``tid``; every method returns an ``O_PATH`` descriptor."""
 
     def __init__(self, tid: int) -> None:
+        self.tid = tid
         self.proc = f"/proc/{tid}"
 
     @cached_property
@@ -42,7 +44,8 @@ class TargetView:
 
     def open(self, path: str) -> int:
         """``path`` (absolute) as the target would resolve it."""
-        return self._open("root", path, fs.open_in_root)
+        return self._open("root", path,
+                          lambda root, rest: fs.open_in_root(root, rest, self.tid))
 
     def open_relative(self, path: str) -> int:
         """``path`` relative to the target's working directory."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 import struct
 from typing import NamedTuple
@@ -58,34 +59,70 @@ def open_path(path: str, dir_fd: int | None = None) -> int:
         raise SyscallError(e.errno or errno.EIO, "open", path) from None
 
 
-def open_in_root(root_fd: int, path: str) -> int:
+def open_in_root(root_fd: int, path: str, proc_self: int | None = None) -> int:
     """An ``O_PATH`` descriptor of ``path`` resolved with ``root_fd`` as the root.
 
     ``RESOLVE_IN_ROOT`` also refuses magic links (EXDEV), yet ``/proc/PID/ns/net`` is one:
     a path whose *last* component is a symlink inside a procfs directory reached in the
     root is followed from that directory. Following a proc link cannot walk out of the root
-    by name; it jumps to the object itself (a namespace, an open file, a directory)."""
+    by name; it jumps to the object itself (a namespace, an open file, a directory).
+
+    procfs' ``self`` is whoever reads it, here this process. A final link reached through
+    it (``/dev/fd/N`` is ``/proc/self/fd/N``) is taken from task ``proc_self``'s own
+    entries instead, as that task would have seen it; without ``proc_self``, refused."""
     path = path.lstrip("/") or "."
     try:
         return _openat2(root_fd, path, os.O_PATH, RESOLVE_IN_ROOT)
     except SyscallError as e:
-        if e.errno not in (errno.EXDEV, errno.ELOOP):
+        # ENOENT too: through our "self", a name the task has may be missing in ours
+        if e.errno not in (errno.EXDEV, errno.ELOOP, errno.ENOENT):
             raise
         parent, base = os.path.split(path)
         if base in ("", ".", ".."):
             raise
-    dir_fd = _openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT)
+        failure = e
     try:
-        if fs_type(dir_fd) != PROC_SUPER_MAGIC or not stat.S_ISLNK(
-                os.stat(base, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+        dir_fd = _openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT)
+    except SyscallError:
+        raise failure from None
+    try:
+        if fs_type(dir_fd) != PROC_SUPER_MAGIC:
+            raise failure
+        own = _own_entry(dir_fd)
+        if own is not None:  # "self" was resolved as this process: make it proc_self's
+            if proc_self is None or not _OWN_LINK.fullmatch(f"{own}/{base}"):
+                raise SyscallError(errno.ENOENT, "openat2", path)
+            return open_path(f"/proc/{proc_self}/{own}/{base}")
+        if failure.errno == errno.ENOENT:
+            raise failure
+        if not stat.S_ISLNK(os.stat(base, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             raise SyscallError(errno.EXDEV, "openat2", path)
-        # procfs' "self" is whoever reads it: reached by another route than the caller's own
-        # /proc/self (e.g. /dev/fd), it would be this process's entry, not the caller's.
-        if os.readlink(f"/proc/self/fd/{dir_fd}").startswith(f"/proc/{os.getpid()}/"):
-            raise SyscallError(errno.ENOENT, "openat2", path)
         return open_path(base, dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _own_entry(dir_fd: int) -> str | None:
+    """Where procfs directory ``dir_fd`` is in this very process's own entry (``""``,
+    ``fd``, ``task/TID/ns``...), in whatever procfs mount and pid namespace it was reached;
+    None if it is not in ours. The procfs root is the nearest directory above it with a
+    ``self`` link, which names us as that procfs sees us."""
+    parts = os.readlink(f"/proc/self/fd/{dir_fd}").split("/")
+    for depth in range(5):  # /proc/PID/task/TID/ns is four below the root
+        try:
+            me = os.readlink("../" * depth + "self", dir_fd=dir_fd)
+        except OSError:
+            continue
+        below = parts[len(parts) - depth:] if depth else []
+        if not below or below[0] != me:
+            return None
+        if below[1:3] == ["task", me]:  # thread-self: the supervisor is single-threaded
+            below = below[:1] + below[3:]
+        return "/".join(below[1:])
+    return None
+
+
+_OWN_LINK = re.compile(r"ns/[a-z_]+|fd/\d+")
 
 
 def open_beneath(dir_fd: int, path: str) -> int:

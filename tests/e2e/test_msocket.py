@@ -52,16 +52,27 @@ def test_files_that_are_not_stacks_are_never_opened(netns: Netns, tmp_path: Path
                           "/dev/null": "ENOTSUP", "plain": netns.cookie}
 
 
-def test_procfs_self_is_the_callers_or_nothing(netns: Netns, host_cookie: int) -> None:
-    """procfs' "self" is whoever reads it: the supervisor opens the path, so only the
-    caller's own /proc/self (however spelled) may lead there; any other route (the
-    /dev/fd symlink) is refused rather than answered with the supervisor's entries."""
-    out = msprobe("-o", "4", netns.name, command=(
-        "explicit", "//proc/./self/ns/net", "/proc/thread-self/ns/net", "/dev/fd/0",
-        "/proc/self/root/proc/self/ns/net"))
+def test_procfs_self_is_the_callers_whatever_the_route(make_netns: object,
+                                                      host_cookie: int) -> None:
+    """procfs' "self" is whoever reads it, and the supervisor opens the path: reached by any
+    route (the /dev/fd symlink, a /proc/self inside the caller's root), it must be the
+    caller's own entries, never the supervisor's."""
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    fd = os.open(b.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        out = report(mstack("-o", "4", a.name, PYTHON, PROBE, "explicit",
+                            "//proc/./self/ns/net", "/proc/thread-self/ns/net", f"/dev/fd/{fd}",
+                            "/dev/fd/0", "/proc/self/root/proc/self/ns/net",
+                            "/proc/self/root/proc/thread-self/ns/net", "/dev/fd/999",
+                            pass_fds=(fd,)))
+    finally:
+        os.close(fd)
     assert out == {"//proc/./self/ns/net": host_cookie, "/proc/thread-self/ns/net": host_cookie,
-                   "/dev/fd/0": "ENOENT", "/proc/self/root/proc/self/ns/net": "ENOENT",
-                   "plain": netns.cookie}
+                   f"/dev/fd/{fd}": b.cookie,  # the caller's fd, not the supervisor's
+                   "/dev/fd/0": "ENOTSUP",  # its stdin: not a namespace
+                   "/proc/self/root/proc/self/ns/net": host_cookie,
+                   "/proc/self/root/proc/thread-self/ns/net": host_cookie,
+                   "/dev/fd/999": "ENOENT", "plain": a.cookie}
 
 
 def test_sock_default_changes_one_family(netns: Netns, host_cookie: int) -> None:

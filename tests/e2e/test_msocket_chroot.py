@@ -25,6 +25,9 @@ def jail(tmp_path: Path, netns: Netns) -> Iterator[Path]:
     (root / "inside").touch()
     os.symlink(f"/run/netns/{netns.name}", root / "abs-link")  # the jail's /run/netns
     os.symlink("/inside", root / "in-link")
+    (root / "dev").mkdir()
+    os.symlink("/proc/self/fd", root / "dev" / "fd")  # routes to "self" but /proc/self/...
+    os.symlink("/proc/self/ns", root / "myns")
     mounted: list[Path] = []
     try:
         run(["mount", "--bind", f"/run/netns/{netns.name}", str(root / "inside")], check=True)
@@ -50,7 +53,8 @@ def test_paths_resolve_in_the_jail(jail: Path, netns: Netns, host_cookie: int) -
     own_escape = "/proc/self/root" + escape
     out = named_from_jail(jail, netns, -1, "/inside", "/in-link", "run/../inside", escape,
                           "/abs-link", netns.name, "/proc/self/ns/net", "@self",
-                          "/proc/self/root/inside", own_escape, "//proc/./self/ns/net")
+                          "/proc/self/root/inside", own_escape, "//proc/./self/ns/net",
+                          "/myns/net", "/dev/fd/1")
     assert out == {
         "/inside": {"cookie": netns.cookie},
         "/in-link": {"cookie": netns.cookie},  # an absolute symlink, followed in the jail
@@ -63,6 +67,10 @@ def test_paths_resolve_in_the_jail(jail: Path, netns: Netns, host_cookie: int) -
         "/proc/self/root/inside": {"cookie": netns.cookie},  # its own root, in its root
         own_escape: {"errno": "ENOENT"},
         "//proc/./self/ns/net": {"cookie": host_cookie},  # its self, not the supervisor's
+        # through the jail's own procfs mount: still its self; its stdout is a pipe (the
+        # supervisor's fd 1 is /dev/null, not a namespace either: no telling them apart)
+        "/myns/net": {"cookie": host_cookie},
+        "/dev/fd/1": {"errno": "EOPNOTSUPP"},
     }
 
 

@@ -22,6 +22,8 @@ from mstack_bpf.linux._ffi import SyscallError, libc
 NR_openat2 = 437
 NR_statx = 332
 RESOLVE_IN_ROOT = 0x10
+RESOLVE_NO_XDEV = 0x01
+PROC_ROOT_INO = 1  # procfs' root directory, in every procfs mount
 RESOLVE_BENEATH = 0x08
 AT_FDCWD = -100
 STATX_INO = 0x100
@@ -105,24 +107,39 @@ def open_in_root(root_fd: int, path: str, proc_self: int | None = None) -> int:
 def _own_entry(dir_fd: int) -> str | None:
     """Where procfs directory ``dir_fd`` is in this very process's own entry (``""``,
     ``fd``, ``task/TID/ns``...), in whatever procfs mount and pid namespace it was reached;
-    None if it is not in ours. The procfs root is the nearest directory above it with a
-    ``self`` link, which names us as that procfs sees us."""
-    parts = os.readlink(f"/proc/self/fd/{dir_fd}").split("/")
-    for depth in range(5):  # /proc/PID/task/TID/ns is four below the root
+    None if it is not in ours. ``..`` is walked up inside its mount to that procfs' root
+    (inode 1), whose ``self`` link names us as that procfs sees us. A directory from which
+    the root cannot be reached that way (a bind mount of a procfs subdirectory, which could
+    be ours) is refused: ENOENT."""
+    depth, current = 0, dir_fd
+    try:
+        while os.fstat(current).st_ino != PROC_ROOT_INO:
+            if depth == 4:  # /proc/PID/task/TID/ns is four below the root
+                raise SyscallError(errno.ENOENT, "openat2", "(procfs root not reached)")
+            up = _openat2(current, "..", os.O_PATH | os.O_DIRECTORY, RESOLVE_NO_XDEV)
+            if current != dir_fd:
+                os.close(current)
+            depth, current = depth + 1, up
         try:
-            me = os.readlink("../" * depth + "self", dir_fd=dir_fd)
+            me = os.readlink("self", dir_fd=current)
         except OSError:
-            continue
-        below = parts[len(parts) - depth:] if depth else []
-        if not below or below[0] != me:
-            return None
-        if below[1:3] == ["task", me]:  # thread-self: the supervisor is single-threaded
-            below = below[:1] + below[3:]
-        return "/".join(below[1:])
-    return None
+            return None  # we are not in that procfs' pid namespace: nothing there is ours
+    except SyscallError as e:
+        raise SyscallError(errno.ENOENT, "openat2", f"(procfs root: {e.strerror})") from None
+    finally:
+        if current != dir_fd:
+            os.close(current)
+    # same mount all the way up: the last names of the path are the directories walked
+    parts = os.readlink(f"/proc/self/fd/{dir_fd}").split("/")
+    below = parts[len(parts) - depth:] if depth else []
+    if not below or below[0] != me:
+        return None
+    if below[1:3] == ["task", me]:  # thread-self: the supervisor is single-threaded
+        below = below[:1] + below[3:]
+    return "/".join(below[1:])
 
 
-_OWN_LINK = re.compile(r"ns/[a-z_]+|fd/\d+")
+_OWN_LINK = re.compile(r"ns/[a-z_]+|fd/[0-9]+")
 
 
 def open_beneath(dir_fd: int, path: str) -> int:

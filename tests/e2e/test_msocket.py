@@ -75,6 +75,23 @@ def test_procfs_self_is_the_callers_whatever_the_route(make_netns: object,
                    "/dev/fd/999": "ENOENT", "plain": a.cookie}
 
 
+def test_the_supervisors_own_entries_bind_mounted_elsewhere_are_refused(
+        netns: Netns, tmp_path: Path) -> None:
+    """A target may bind-mount procfs directories (here as root; in a user namespace of its
+    own too). The supervisor's own fd and ns directories, mounted where ".." no longer leads
+    to procfs' root, cannot be told from the caller's: refused, never opened as ours."""
+    ns_dir, fd_dir = tmp_path / "ns", tmp_path / "fd"
+    ns_dir.mkdir()
+    fd_dir.mkdir()
+    script = (f"sv=$(pgrep -nx mstack-sv) && mount --bind /proc/$sv/ns {ns_dir} && "
+              f"mount --bind /proc/$sv/fd {fd_dir} && exec {PYTHON} {PROBE} explicit "
+              f"{ns_dir}/net {fd_dir}/0 {fd_dir}/4")
+    out = report(mstack("-o", "4", netns.name, "unshare", "--mount", "--propagation",
+                        "private", "sh", "-c", script))
+    assert out == {f"{ns_dir}/net": "ENOENT", f"{fd_dir}/0": "ENOENT",
+                   f"{fd_dir}/4": "ENOENT", "plain": netns.cookie}
+
+
 def test_sock_default_changes_one_family(netns: Netns, host_cookie: int) -> None:
     out = msprobe("native", command=("setdefault", netns.name, "2"))
     assert out["result"] is None

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from functools import cache, cached_property
 
-from mstack_bpf.linux import fs
+from mstack_bpf.linux import creds, fs
 
 
 @cache
@@ -45,7 +45,7 @@ class TargetView:
     def open(self, path: str) -> int:
         """``path`` (absolute) as the target would resolve it."""
         return self._open("root", path,
-                          lambda root, rest: fs.open_in_root(root, rest, self.tid))
+                          lambda root, rest: fs.open_in_root(root, rest, self.own_dir))
 
     def open_relative(self, path: str) -> int:
         """``path`` relative to the target's working directory."""
@@ -67,11 +67,17 @@ class TargetView:
         finally:
             os.close(base)
 
+    def own_dir(self, thread: bool) -> str:
+        """What procfs' ``self`` (its process: the thread group's entry) or ``thread-self``
+        (its thread, below that) is for the target."""
+        group = f"/proc/{creds.thread_group(self.tid)}"
+        return f"{group}/task/{self.tid}" if thread else group
+
     def open_own(self, path: str) -> int | None:
         """``/proc/self/...`` and ``/proc/thread-self/...``: the target's own entries (the
         supervisor's "self" is not the target); None for other paths. Its namespaces and
         fds are links to objects; ``root/...`` and ``cwd/...`` go on in its own root."""
-        for own in ("/proc/self/", "/proc/thread-self/"):
+        for own, thread in (("/proc/self/", False), ("/proc/thread-self/", True)):
             if path.startswith(own):
                 rest = path[len(own):]
                 head, _, tail = rest.partition("/")
@@ -80,7 +86,7 @@ class TargetView:
                 if head == "cwd":
                     return self.open_relative(tail or ".")
                 if _OWN_LINK.fullmatch(rest):
-                    return fs.open_path(f"{self.proc}/{rest}")
+                    return fs.open_path(f"{self.own_dir(thread)}/{rest}")
                 raise OSError(errno.ENOENT, path)  # nothing else names a stack
         return None
 

@@ -156,6 +156,13 @@ def read_creds(tid: int) -> Creds:
     )
 
 
+def thread_group(tid: int) -> int:
+    """The thread group (process) id of thread ``tid``: what procfs' ``self`` is for it."""
+    text, _ = _status.read(tid)
+    start = text.index(b"\nTgid:") + len(b"\nTgid:")
+    return int(text[start:text.index(b"\n", start)])
+
+
 def own_creds() -> Creds:
     return read_creds(int(syscall(186, call="gettid")))
 

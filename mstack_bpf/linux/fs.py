@@ -15,16 +15,17 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 from mstack_bpf.linux._ffi import SyscallError, libc
 
 NR_openat2 = 437
 NR_statx = 332
-RESOLVE_IN_ROOT = 0x10
 RESOLVE_NO_XDEV = 0x01
-PROC_ROOT_INO = 1  # procfs' root directory, in every procfs mount
 RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+PROC_ROOT_INO = 1  # procfs' root directory, in every procfs mount
 AT_FDCWD = -100
 STATX_INO = 0x100
 STATX_MNT_ID = 0x1000
@@ -61,7 +62,8 @@ def open_path(path: str, dir_fd: int | None = None) -> int:
         raise SyscallError(e.errno or errno.EIO, "open", path) from None
 
 
-def open_in_root(root_fd: int, path: str, proc_self: int | None = None) -> int:
+def open_in_root(root_fd: int, path: str,
+                 proc_self: Callable[[bool], str] | None = None) -> int:
     """An ``O_PATH`` descriptor of ``path`` resolved with ``root_fd`` as the root.
 
     ``RESOLVE_IN_ROOT`` also refuses magic links (EXDEV), yet ``/proc/PID/ns/net`` is one:
@@ -70,8 +72,9 @@ def open_in_root(root_fd: int, path: str, proc_self: int | None = None) -> int:
     by name; it jumps to the object itself (a namespace, an open file, a directory).
 
     procfs' ``self`` is whoever reads it, here this process. A final link reached through
-    it (``/dev/fd/N`` is ``/proc/self/fd/N``) is taken from task ``proc_self``'s own
-    entries instead, as that task would have seen it; without ``proc_self``, refused."""
+    it (``/dev/fd/N`` is ``/proc/self/fd/N``) is taken from the directory ``proc_self``
+    gives for ``self`` (False) or ``thread-self`` (True) instead, as the task it stands for
+    would have seen it; without ``proc_self``, refused."""
     path = path.lstrip("/") or "."
     try:
         return _openat2(root_fd, path, os.O_PATH, RESOLVE_IN_ROOT)
@@ -92,9 +95,10 @@ def open_in_root(root_fd: int, path: str, proc_self: int | None = None) -> int:
             raise failure
         own = _own_entry(dir_fd)
         if own is not None:  # "self" was resolved as this process: make it proc_self's
-            if proc_self is None or not _OWN_LINK.fullmatch(f"{own}/{base}"):
+            thread, entry = own
+            if proc_self is None or not _OWN_LINK.fullmatch(f"{entry}/{base}"):
                 raise SyscallError(errno.ENOENT, "openat2", path)
-            return open_path(f"/proc/{proc_self}/{own}/{base}")
+            return open_path(f"{proc_self(thread)}/{entry}/{base}")
         if failure.errno == errno.ENOENT:
             raise failure
         if not stat.S_ISLNK(os.stat(base, dir_fd=dir_fd, follow_symlinks=False).st_mode):
@@ -104,13 +108,13 @@ def open_in_root(root_fd: int, path: str, proc_self: int | None = None) -> int:
         os.close(dir_fd)
 
 
-def _own_entry(dir_fd: int) -> str | None:
-    """Where procfs directory ``dir_fd`` is in this very process's own entry (``""``,
-    ``fd``, ``task/TID/ns``...), in whatever procfs mount and pid namespace it was reached;
-    None if it is not in ours. ``..`` is walked up inside its mount to that procfs' root
-    (inode 1), whose ``self`` link names us as that procfs sees us. A directory from which
-    the root cannot be reached that way (a bind mount of a procfs subdirectory, which could
-    be ours) is refused: ENOENT."""
+def _own_entry(dir_fd: int) -> tuple[bool, str] | None:
+    """Where procfs directory ``dir_fd`` is in this very process's own entry: (True if in
+    our thread's ``task/TID``; the rest: ``""``, ``fd``, ``ns``...), in whatever procfs mount
+    and pid namespace it was reached; None if it is not in ours. ``..`` is walked up inside
+    its mount to that procfs' root (inode 1), whose ``self`` link names us as that procfs
+    sees us. A directory from which the root cannot be reached that way (a bind mount of a
+    procfs subdirectory, which could be ours) is refused: ENOENT."""
     depth, current = 0, dir_fd
     try:
         while os.fstat(current).st_ino != PROC_ROOT_INO:
@@ -134,9 +138,8 @@ def _own_entry(dir_fd: int) -> str | None:
     below = parts[len(parts) - depth:] if depth else []
     if not below or below[0] != me:
         return None
-    if below[1:3] == ["task", me]:  # thread-self: the supervisor is single-threaded
-        below = below[:1] + below[3:]
-    return "/".join(below[1:])
+    thread = below[1:3] == ["task", me]  # thread-self: the supervisor is single-threaded
+    return thread, "/".join(below[3:] if thread else below[1:])
 
 
 _OWN_LINK = re.compile(r"ns/[a-z_]+|fd/[0-9]+")

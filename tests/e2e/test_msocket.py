@@ -75,6 +75,19 @@ def test_procfs_self_is_the_callers_whatever_the_route(make_netns: object,
                    "/dev/fd/999": "ENOENT", "plain": a.cookie}
 
 
+def test_self_is_the_process_and_thread_self_the_thread(make_netns: object,
+                                                        host_cookie: int) -> None:
+    """A thread that entered another namespace: procfs' self is its process (the thread
+    group leader's namespace), thread-self the thread itself, by every route, as natively."""
+    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    out = msprobe("-o", "4", a.name, command=(
+        "thread_in", b.path, "/proc/self/ns/net", "/proc/thread-self/ns/net",
+        "/proc/self/root/proc/self/ns/net", "/proc/self/root/proc/thread-self/ns/net"))
+    assert out == {"/proc/self/ns/net": host_cookie, "/proc/thread-self/ns/net": b.cookie,
+                   "/proc/self/root/proc/self/ns/net": host_cookie,
+                   "/proc/self/root/proc/thread-self/ns/net": b.cookie}
+
+
 def test_the_supervisors_own_entries_bind_mounted_elsewhere_are_refused(
         netns: Netns, tmp_path: Path) -> None:
     """A target may bind-mount procfs directories (here as root; in a user namespace of its

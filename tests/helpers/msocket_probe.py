@@ -46,6 +46,25 @@ def cmd_explicit(*paths: str) -> object:
     return out
 
 
+def cmd_thread_in(ns_path: str, *paths: str) -> object:
+    """A second thread enters the namespace at ``ns_path`` (setns moves only it), then
+    msocket(path, AF_INET) for each path from that thread."""
+    import ctypes
+    out: dict[str, object] = {}
+
+    def body() -> None:
+        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            out["setns"] = errno.errorcode[ctypes.get_errno()]
+        os.close(fd)
+        out.update({p: attempt(msocket, p, socket.AF_INET) for p in paths})
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    return out
+
+
 def cmd_setdefault(stack: str, family: str) -> object:
     before = {"4": plain(), "6": plain(socket.AF_INET6)}
     result = attempt(set_default_stack, stack, int(family))

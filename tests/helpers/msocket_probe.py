@@ -5,6 +5,7 @@ Usage: msocket_probe.py COMMAND [ARG]... (functions named cmd_*).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -49,7 +50,6 @@ def cmd_explicit(*paths: str) -> object:
 def cmd_thread_in(ns_path: str, *paths: str) -> object:
     """A second thread enters the namespace at ``ns_path`` (setns moves only it), then
     msocket(path, AF_INET) for each path from that thread."""
-    import ctypes
     out: dict[str, object] = {}
 
     def body() -> None:

@@ -45,7 +45,7 @@ from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener, SeccompData
 from mstack_bpf.model import Stack, StackKind
 from mstack_bpf.registry import StackRegistry
-from mstack_bpf.tables import MARKER_FD, Tables
+from mstack_bpf.tables import MARKER_FD, Tables, TableUnknown
 
 log = logging.getLogger("mstack.supervisor")
 
@@ -128,7 +128,11 @@ class Supervisor:
         """decode + decide. The answer to a socket call read from registers depends only on
         them and the caller's table, so it is remembered per table (tables live as long as
         the supervisor: their ids stay theirs)."""
-        table = self.tables.table_for(tid)
+        try:
+            table = self.tables.table_for(tid)
+        except TableUnknown:
+            call = decode(data.arch, data.nr, tuple(data.args))
+            return call, self._decide_blind(call)
         args = data.args
         key = (id(table), data.arch, data.nr, args[0], args[1], args[2])
         known = self._decided.get(key)
@@ -142,6 +146,12 @@ class Supervisor:
             self._decided[key] = call, decision
         return call, decision
 
+    def _decide_blind(self, call: Call) -> Decision:
+        """The decision for a caller whose table cannot be read: what every table of the
+        tree decides alike, else EACCES (never a table the caller may not have)."""
+        decisions = {decide(call, table) for table in self.tables.candidates()}
+        return decisions.pop() if len(decisions) == 1 else Fail(errno.EACCES)
+
     def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome:
         """Follow a decision that needs the target's memory to the decision proper."""
         if isinstance(decision, ReadSocketcall):
@@ -151,7 +161,11 @@ class Supervisor:
             words = struct.unpack("=3I", block)
             if not self.listener.id_valid(nid):
                 raise OSError(errno.ENOENT, "caller gone")
-            return decide(decode_socketcall(decision.call, words), self.tables.table_for(tid))
+            call = decode_socketcall(decision.call, words)
+            try:
+                return decide(call, self.tables.table_for(tid))
+            except TableUnknown:
+                return self._decide_blind(call)
         if isinstance(decision, Msocket):
             return self._msocket(nid, tid, decision.call)
         return decision

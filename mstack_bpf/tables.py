@@ -15,6 +15,13 @@ step, and racy once a parent has exited and the child was reparented. eBPF on
 changed its table, no lookup is made at all; a thread found with a marker before is checked
 with one ``kcmp(KCMP_FILE)`` against our end of that marker (1.6 µs) before the link is read.
 
+A marker the supervisor cannot read is never taken for no marker: a rootless supervisor may
+not look at the descriptors of a process of its own uid that made itself non-dumpable
+(``prctl(PR_SET_DUMPABLE, 0)``: readlink and kcmp then fail with EACCES/EPERM), and falling
+back to the root table would let it leave a nested lock. :meth:`Tables.table_for` raises
+:class:`TableUnknown` instead; the supervisor then answers only what every table of the tree
+would answer alike, and EACCES otherwise.
+
 Limits: a process that closes every fd (``closefrom``, Python's ``close_fds``, sudo) loses its
 marker and falls back to the root table; a process whose RLIMIT_NOFILE is at most
 :data:`MARKER_FD` cannot carry one (SOCK_DEFAULT then fails with EMFILE).
@@ -31,6 +38,14 @@ from mstack_bpf.model import Mapping, Stack
 
 MARKER_FD = 1023
 MAX_TABLES = 1024
+
+class TableUnknown(OSError):
+    """The caller's marker exists or may exist, but cannot be read (EACCES)."""
+
+    def __init__(self, tid: int) -> None:
+        super().__init__(errno.EACCES, f"thread {tid}: its stack table cannot be read "
+                         "(non-dumpable under a supervisor without CAP_SYS_PTRACE)")
+
 
 TableKey = tuple[tuple[Stack, ...], frozenset[int]]
 
@@ -61,9 +76,8 @@ class Tables:
             except OSError:
                 pass  # gone, or its fd closed: read the link
             del self._seen[tid]
-        try:
-            link = os.readlink(f"/proc/{tid}/fd/{MARKER_FD}")
-        except OSError:
+        link = _marker_link(tid)
+        if link is None:
             return self.root
         mapping = self._by_marker.get(link)
         if mapping is None:
@@ -73,13 +87,14 @@ class Tables:
         self._seen[tid] = self._markers[table_key(mapping)][1], mapping
         return mapping
 
+    def candidates(self) -> list[Mapping]:
+        """Every table a process of the tree can have."""
+        return [self.root, *self._by_marker.values()]
+
     def has_foreign_fd(self, tid: int) -> bool:
         """Whether the marker's slot holds a descriptor of the target's own."""
-        try:
-            link = os.readlink(f"/proc/{tid}/fd/{MARKER_FD}")
-        except OSError:
-            return False
-        return link not in self._by_marker
+        link = _marker_link(tid)
+        return link is not None and link not in self._by_marker
 
     def marker_for(self, mapping: Mapping) -> int:
         """The marker fd of ``mapping`` to install in a target; it stays ours (pinned)."""
@@ -100,3 +115,14 @@ class Tables:
         self._markers.clear()
         self._by_marker.clear()
         self._seen.clear()
+
+
+def _marker_link(tid: int) -> str | None:
+    """What the thread's marker slot holds; None if nothing (or the thread is gone).
+    Raises :class:`TableUnknown` where procfs refuses to show it."""
+    try:
+        return os.readlink(f"/proc/{tid}/fd/{MARKER_FD}")
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise TableUnknown(tid) from None
+        return None

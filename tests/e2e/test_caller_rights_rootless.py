@@ -1,0 +1,54 @@
+"""A rootless supervisor cannot read the descriptors of a non-dumpable process of its own
+uid: a nested lock must not be left by turning non-dumpable (the marker that carries the
+nested table is then unreadable, and the tree's root table must not be taken instead)."""
+
+from __future__ import annotations
+
+from tests.e2e.test_stack_rootless import (  # noqa: F401  (fixtures)
+    PY,
+    Nobody,
+    _in_stack,
+    nobody,
+    unique,
+)
+
+#: becomes non-dumpable, then reports where an AF_INET socket lives (or the errno)
+NON_DUMPABLE = """
+import ctypes, errno, socket, struct
+if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
+    raise SystemExit("prctl failed")
+try:
+    s = socket.socket(socket.AF_INET)
+    print(struct.unpack('=Q', s.getsockopt(1, 71, 8))[0])
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+COOKIE = ("import socket,struct;s=socket.socket(socket.AF_INET);"
+          "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
+
+
+def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> None:
+    name = unique()
+    nobody.ok("add", name)
+    inside = _in_stack(nobody, nobody.info(name)["holder_pid"], PY, "-c", COOKIE).stdout.strip()
+    native = nobody.run(PY, "-c", COOKIE).stdout.strip()
+    dumpable = nobody.run("mstack", "-o", "4", "native", "mstack", "--lock", "-o", "4", name,
+                          PY, "-c", COOKIE)
+    assert dumpable.stdout.strip() == inside != native, dumpable.stderr
+    attack = nobody.run("mstack", "-o", "4", "native", "mstack", "--lock", "-o", "4", name,
+                        PY, "-c", NON_DUMPABLE)
+    # The supervisor cannot tell this caller's table: it refuses rather than guess.
+    assert attack.stdout.strip() == "EACCES", (attack.stdout, attack.stderr)
+    nobody.ok("del", name)
+
+
+def test_non_dumpable_caller_gets_what_every_table_agrees_on(nobody: Nobody) -> None:
+    """Where every table of the tree decides alike (AF_INET is in the stack in both), the
+    unreadable marker does not matter."""
+    name = unique()
+    nobody.ok("add", name)
+    inside = _in_stack(nobody, nobody.info(name)["holder_pid"], PY, "-c", COOKIE).stdout.strip()
+    under = nobody.run("mstack", "-o", "4", name, "mstack", "--lock", "-o", "6", "null",
+                       PY, "-c", NON_DUMPABLE)
+    assert under.stdout.strip() == inside, (under.stdout, under.stderr)
+    nobody.ok("del", name)

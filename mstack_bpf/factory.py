@@ -8,6 +8,7 @@ privilege over (a rootless stack) is served by a helper process that entered it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -54,7 +55,7 @@ class StackSockets:
         self._current: int | None = None  # inode of the namespace this thread is in
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory
-        self._ioctl_sockets: OrderedDict[int, socket.socket] = OrderedDict()
+        self._ioctl_sockets: OrderedDict[tuple[int, int], socket.socket] = OrderedDict()
 
     def target_creds(self, tid: int, family: int, sock_type: int,
                      protocol: int) -> Creds | FsIds | None:
@@ -103,18 +104,29 @@ class StackSockets:
             return None
         return creds_mod.as_filesystem_user(target)
 
-    def ioctl_socket(self, ns_fd: int, ns_ino: int) -> socket.socket:
-        """A socket of ours inside namespace ``ns_ino``, for interface ioctls (the last
-        :data:`IOCTL_SOCKETS` namespaces' are kept)."""
-        sock = self._ioctl_sockets.get(ns_ino)
+    def ioctl_socket(self, ns_fd: int, ns_ino: int,
+                     family: int = socket.AF_UNIX) -> socket.socket:
+        """A socket of ours of ``family`` inside namespace ``ns_ino``, for interface ioctls
+        (the last :data:`IOCTL_SOCKETS` are kept)."""
+        key = ns_ino, family
+        sock = self._ioctl_sockets.get(key)
         if sock is None:
-            fd = self.make(ns_fd, ns_ino, socket.AF_UNIX, socket.SOCK_DGRAM, 0, None)
-            sock = self._ioctl_sockets[ns_ino] = socket.socket(fileno=fd)
+            fd = self.make(ns_fd, ns_ino, family, socket.SOCK_DGRAM, 0, None)
+            sock = self._ioctl_sockets[key] = socket.socket(fileno=fd)
             if len(self._ioctl_sockets) > IOCTL_SOCKETS:
                 self._ioctl_sockets.popitem(last=False)[1].close()
         else:
-            self._ioctl_sockets.move_to_end(ns_ino)
+            self._ioctl_sockets.move_to_end(key)
         return sock
+
+    def caller_rights(self, tid: int) -> tuple[AbstractContextManager[None] | None, bool]:
+        """The switch to thread ``tid``'s full credentials for a call made on its behalf
+        (None: ours are not its and cannot become them), and whether its status file was
+        opened now (the tid must then be confirmed as the caller's)."""
+        target = creds_mod.read_creds(tid)
+        if self.privileged:
+            return self._credentials(target) or contextlib.nullcontext(), target.reopened
+        return (contextlib.nullcontext() if _same(target, self.own) else None), target.reopened
 
     def close(self) -> None:
         for sock in self._ioctl_sockets.values():

@@ -187,17 +187,21 @@ class Supervisor:
         raise AssertionError(decision)
 
     def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> int:
-        if not ifioctl.is_socket(tid, d.call.fd):
+        family = ifioctl.socket_family(tid, d.call.fd)
+        if family is None:
             self._reply(nid, error=-errno.ENOTTY)  # what these requests get on other files
             return -errno.ENOTTY
+        rights, reopened = self.sockets.caller_rights(tid)
+        if reopened and not self.listener.id_valid(nid):
+            return -errno.ENOENT  # the credentials read may be another task's
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
-            sock = self.sockets.ioctl_socket(ns_fd, ns_ino)
+            sock = self.sockets.ioctl_socket(ns_fd, ns_ino, ifioctl.carrier_family(family))
         finally:
             if temporary:
                 os.close(ns_fd)
         value = ifioctl.answer(tid, sock, d.call.request, d.call.argp,
-                               lambda: self.listener.id_valid(nid), d.call.compat)
+                               lambda: self.listener.id_valid(nid), rights, d.call.compat)
         self._reply(nid, val=value)
         return value
 

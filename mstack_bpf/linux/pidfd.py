@@ -14,7 +14,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from mstack_bpf.linux._ffi import SyscallError, iowr, raw_ioctl
+from mstack_bpf.linux._ffi import SyscallError, iowr, raw_ioctl, syscall
 
 PIDFD_THREAD = os.O_EXCL  # Linux 6.9
 PIDFD_INFO_CREDS = 1 << 1
@@ -38,6 +38,19 @@ def open_thread(tid: int) -> int:
         return os.pidfd_open(tid, PIDFD_THREAD)
     except OSError as e:
         raise SyscallError(e.errno or 0, "pidfd_open", str(tid)) from None
+
+
+NR_pidfd_getfd = 438
+
+
+def get_fd(tid: int, fd: int) -> int:
+    """A close-on-exec duplicate of thread ``tid``'s descriptor ``fd`` (pidfd_getfd(2):
+    needs ptrace access to it); ESRCH if gone, EBADF if ``fd`` is not open there."""
+    pidfd = open_thread(tid)
+    try:
+        return syscall(NR_pidfd_getfd, pidfd, fd, 0, call="pidfd_getfd")
+    finally:
+        os.close(pidfd)
 
 
 _buffer = ctypes.create_string_buffer(_INFO.size)

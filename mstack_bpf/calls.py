@@ -46,7 +46,12 @@ class SocketCall:
 
 @dataclass(frozen=True)
 class SocketPairCall:
+    """socketpair(2); ``sv`` is the address of the caller's ``int[2]``."""
+
     family: int
+    type: int = 0
+    protocol: int = 0
+    sv: int = 0
     from_memory: bool = False
 
 
@@ -116,7 +121,8 @@ def decode(arch: int, nr: int, args: tuple[int, ...]) -> Call:
     if nr == abi.socket:
         return SocketCall(_s32(args[0]), _s32(args[1]), _s32(args[2]))
     if nr == abi.socketpair:
-        return SocketPairCall(_s32(args[0]))
+        sv = args[3] & 0xFFFFFFFF if abi is I386 else args[3]
+        return SocketPairCall(_s32(args[0]), _s32(args[1]), _s32(args[2]), sv)
     return OtherCall(arch, nr)
 
 
@@ -125,8 +131,15 @@ def decode_socketcall(call: int, words: tuple[int, ...]) -> Call:
     if call == SYS_SOCKET:
         return SocketCall(_s32(words[0]), _s32(words[1]), _s32(words[2]), from_memory=True)
     if call == SYS_SOCKETPAIR:
-        return SocketPairCall(_s32(words[0]), from_memory=True)
+        return SocketPairCall(_s32(words[0]), _s32(words[1]), _s32(words[2]), words[3],
+                              from_memory=True)
     return OtherCall(I386.arch, call)
+
+
+def socketcall_words(call: int) -> int:
+    """How many 32-bit words i386 socketcall reads at ``argp`` for ``call`` (net/socket.c
+    ``nargs``): no more, or a block at the end of a mapping would fault for us only."""
+    return 4 if call == SYS_SOCKETPAIR else 3
 
 
 def effective_family(family: int, sock_type: int) -> int:

@@ -50,6 +50,18 @@ class Create:
 
 
 @dataclass(frozen=True)
+class CreatePair:
+    """Make the socketpair in ``stack`` (native: the caller's own namespace), install both
+    ends in the caller and write their numbers to its ``int[2]`` at ``sv``."""
+
+    stack: Stack
+    family: int
+    type: int
+    protocol: int
+    sv: int
+
+
+@dataclass(frozen=True)
 class ReadSocketcall:
     """Read i386 socketcall's argument block at ``argp``, then decide again."""
 
@@ -72,7 +84,7 @@ class InterfaceIoctl:
     call: IoctlCall
 
 
-Decision = Continue | Fail | Create | ReadSocketcall | Msocket | InterfaceIoctl
+Decision = Continue | Fail | Create | CreatePair | ReadSocketcall | Msocket | InterfaceIoctl
 
 
 def stack_for(table: Mapping, family: int) -> Stack:
@@ -89,15 +101,14 @@ def decide(call: Call, table: Mapping) -> Decision:
                 return Continue()
             return Create(stack, call.family, call.type, call.protocol)
         case SocketPairCall(family=family):
-            if stack_for(table, family).kind is StackKind.NULL:
+            # A pair reaches no network, but an AF_UNIX datagram end can send to (and bind)
+            # abstract names, which are per namespace: it is made in its family's stack.
+            stack = stack_for(table, family)
+            if stack.kind is StackKind.NULL:
                 return Fail(errno.EAFNOSUPPORT)
-            if call.from_memory and any(
-                    table.stack_of(f).kind is StackKind.NULL for f in ALL_FAMILIES):
-                # The kernel would read the family again: another thread could swap in a
-                # null one between our read and its. Refuse rather than CONTINUE.
-                return Fail(errno.EAFNOSUPPORT)
-            # A pair reaches no network: the kernel makes it in the caller's namespace.
-            return Continue()
+            if stack.kind is StackKind.NATIVE and not call.from_memory:
+                return Continue()
+            return CreatePair(stack, family, call.type, call.protocol, call.sv)
         case SocketcallCall(call=sub, argp=argp):
             return ReadSocketcall(sub, argp)
         case MsocketCall():

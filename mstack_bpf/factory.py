@@ -16,11 +16,11 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mstack_bpf.calls import SOCK_CLOEXEC, needs_full_credentials
+from mstack_bpf.linux import cgroup, netns
 from mstack_bpf.linux import creds as creds_mod
-from mstack_bpf.linux import netns
 from mstack_bpf.linux._ffi import SyscallError, libc
 from mstack_bpf.linux.creds import Creds, FsIds
 
@@ -28,11 +28,26 @@ IOCTL_SOCKETS = 64
 _socket = libc.socket
 _socket.restype = ctypes.c_int
 _socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+_socketpair = libc.socketpair
+_socketpair.restype = ctypes.c_int
+_socketpair.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
+
+
+class Target(NamedTuple):
+    """What a socket made for thread ``tid`` carries of it."""
+
+    tid: int
+    creds: Creds | FsIds | None  # None: ours make the same socket
+    cgroup: int | None           # its cgroup v2 id; None: no cgroup v2
+    reopened: bool               # a file was opened by tid now: confirm it is the caller's
 
 
 class SocketMaker(Protocol):
+    pid: int
     def make_socket(self, family: int, sock_type: int, protocol: int) -> int: ...
+
+    def make_pair(self, family: int, sock_type: int, protocol: int) -> tuple[int, int]: ...
 
     def close(self) -> None: ...
 
@@ -42,6 +57,13 @@ def raw_socket(family: int, sock_type: int, protocol: int) -> int:
     if fd < 0:
         raise SyscallError(ctypes.get_errno(), "socket")
     return fd
+
+
+def raw_socketpair(family: int, sock_type: int, protocol: int) -> tuple[int, int]:
+    pair = (ctypes.c_int * 2)()
+    if _socketpair(family, sock_type | SOCK_CLOEXEC, protocol, pair) < 0:
+        raise SyscallError(ctypes.get_errno(), "socketpair")
+    return pair[0], pair[1]
 
 
 class StackSockets:
@@ -56,20 +78,67 @@ class StackSockets:
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory
         self._ioctl_sockets: OrderedDict[tuple[int, int], socket.socket] = OrderedDict()
+        #: sockets are made from inside the target's cgroup (v2)
+        self.cgroups = cgroup.Placer()
+        self._pid = os.getpid()
 
-    def target_creds(self, tid: int, family: int, sock_type: int,
-                     protocol: int) -> Creds | FsIds | None:
-        """The target's credentials if they must be applied (read now: never cached): all of
-        them for a socket whose creation checks privileges, else only the owner's ids."""
-        if not self.privileged:
-            return None
-        if needs_full_credentials(family, sock_type, protocol):
-            return creds_mod.read_creds(tid)
-        return creds_mod.read_fs_ids(tid)
+    def target(self, tid: int, family: int, sock_type: int, protocol: int) -> Target:
+        """What a socket made for thread ``tid`` must carry of it (read now: never cached):
+        its credentials if they must be applied (all of them for a socket whose creation
+        checks privileges, else only the owner's ids), and its cgroup."""
+        ids = creds_mod.read_fs_ids(tid)
+        cgroup = ids.cgroup if ids.cgroup is not None else self.cgroups.task_cgroup(tid)
+        creds: Creds | FsIds | None = None
+        if self.privileged:
+            full = needs_full_credentials(family, sock_type, protocol)
+            creds = creds_mod.read_creds(tid) if full else ids
+        reopened = ids.reopened or (creds is not None and creds.reopened)
+        return Target(tid, creds, cgroup, reopened)
 
     def make(self, ns_fd: int, ns_ino: int, family: int, sock_type: int, protocol: int,
-             target: Creds | FsIds | None) -> int:
+             target: Target | None) -> int:
         """A new socket (close-on-exec in the supervisor) in namespace ``ns_fd``."""
+        helper = self._enter(ns_fd, ns_ino)
+        if target is None:
+            return self._make(helper, family, sock_type, protocol, None)
+        place = self._place(helper, target)
+        if place is None:  # the hot path: the caller is in our cgroup
+            return self._make(helper, family, sock_type, protocol, target.creds)
+        with place:
+            return self._make(helper, family, sock_type, protocol, target.creds)
+
+    def _make(self, helper: SocketMaker | None, family: int, sock_type: int, protocol: int,
+              creds: Creds | FsIds | None) -> int:
+        if helper is not None:
+            # The helper runs with the namespace owner's credentials: no more than ours.
+            return helper.make_socket(family, sock_type | SOCK_CLOEXEC, protocol)
+        switch = self._as(creds, family, sock_type, protocol)
+        if switch is None:  # the hot path: no context manager
+            return raw_socket(family, sock_type, protocol)
+        with switch:
+            return raw_socket(family, sock_type, protocol)
+
+    def make_pair(self, ns_fd: int, ns_ino: int, family: int, sock_type: int, protocol: int,
+                  target: Target) -> tuple[int, int]:
+        """A new socketpair (close-on-exec in the supervisor) in namespace ``ns_fd``."""
+        helper = self._enter(ns_fd, ns_ino)
+        with self._place(helper, target) or contextlib.nullcontext():
+            if helper is not None:
+                return helper.make_pair(family, sock_type | SOCK_CLOEXEC, protocol)
+            with self._as(target.creds, family, sock_type, protocol) or contextlib.nullcontext():
+                return raw_socketpair(family, sock_type, protocol)
+
+    def _place(self, helper: SocketMaker | None,
+               target: Target) -> AbstractContextManager[None] | None:
+        """The visit of the maker (we, or the stack's helper) to the target's cgroup; None
+        where the target is in ours."""
+        if target.cgroup is None or target.cgroup == self.cgroups.home:
+            return None
+        return self.cgroups.inside(helper.pid if helper else self._pid, target.cgroup,
+                                   target.tid)
+
+    def _enter(self, ns_fd: int, ns_ino: int) -> SocketMaker | None:
+        """Be in namespace ``ns_ino``: this thread enters it, or its helper serves it."""
         helper = self._helpers.get(ns_ino)
         if helper is None and self._current != ns_ino:
             try:
@@ -79,22 +148,19 @@ class StackSockets:
                 if e.errno != errno.EPERM or self._helper_factory is None:
                     raise
                 helper = self._helpers[ns_ino] = self._helper_factory(ns_fd)
-        if helper is not None:
-            # The helper runs with the namespace owner's credentials: no more than ours.
-            return helper.make_socket(family, sock_type | SOCK_CLOEXEC, protocol)
+        return helper
+
+    def _as(self, target: Creds | FsIds | None, family: int, sock_type: int,
+            protocol: int) -> AbstractContextManager[None] | None:
         if isinstance(target, FsIds) and needs_full_credentials(family, sock_type, protocol):
             raise TypeError("full credentials needed")  # never on owner ids alone
-        switch = self._credentials(target)
-        if switch is None:
-            return raw_socket(family, sock_type, protocol)
-        with switch:
-            return raw_socket(family, sock_type, protocol)
+        return self._credentials(target)
 
     def _credentials(self, target: Creds | FsIds | None) -> AbstractContextManager[None] | None:
         """The switch to the target's credentials, or None where ours make the same socket.
 
         Full credentials are read only for a socket whose creation checks privileges
-        (:meth:`target_creds`); owner ids alone mean the creator only names the owner.
+        (:meth:`target`); owner ids alone mean the creator only names the owner.
         """
         if target is None:
             return None
@@ -134,6 +200,7 @@ class StackSockets:
         for helper in self._helpers.values():
             helper.close()
         self._helpers.clear()
+        self.cgroups.close()
 
 
 def _same(a: Creds, b: Creds) -> bool:

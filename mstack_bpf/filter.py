@@ -128,9 +128,7 @@ class FilterSpec:
                 sock[family] = pair[family] = ALLOW
             elif locked and kind is StackKind.NULL:
                 sock[family] = pair[family] = errno_ret(errno.EAFNOSUPPORT)
-            elif locked:  # redirected and final: a socketpair reaches no network
-                sock[family], pair[family] = NOTIFY, ALLOW
-            else:
+            else:  # redirected (a socketpair too: abstract names are per namespace)
                 sock[family] = pair[family] = NOTIFY
         all_native_locked = all(v == ALLOW for v in sock.values())
         return FilterSpec(

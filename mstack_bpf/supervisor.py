@@ -24,11 +24,13 @@ from mstack_bpf.calls import (
     SocketPairCall,
     decode,
     decode_socketcall,
+    socketcall_words,
 )
 from mstack_bpf.colocate import Colocator
 from mstack_bpf.decide import (
     Continue,
     Create,
+    CreatePair,
     Decision,
     Fail,
     InterfaceIoctl,
@@ -140,7 +142,8 @@ class Supervisor:
             return known
         call = decode(data.arch, data.nr, tuple(args))
         decision = decide(call, table)
-        if isinstance(call, SocketCall | SocketPairCall) and not call.from_memory:
+        if isinstance(call, SocketCall | SocketPairCall) and not call.from_memory and not (
+                isinstance(decision, CreatePair)):  # its answer goes to the caller's memory
             if len(self._decided) >= _DECIDED_MAX:
                 self._decided.clear()
             self._decided[key] = call, decision
@@ -155,10 +158,11 @@ class Supervisor:
     def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome:
         """Follow a decision that needs the target's memory to the decision proper."""
         if isinstance(decision, ReadSocketcall):
-            block = procmem.read(tid, decision.argp, 12)
-            if len(block) != 12:
+            count = socketcall_words(decision.call)
+            block = procmem.read(tid, decision.argp, 4 * count)
+            if len(block) != 4 * count:
                 raise OSError(errno.EFAULT, "socketcall arguments")
-            words = struct.unpack("=3I", block)
+            words = struct.unpack(f"={count}I", block)
             if not self.listener.id_valid(nid):
                 raise OSError(errno.ENOENT, "caller gone")
             call = decode_socketcall(decision.call, words)
@@ -180,6 +184,8 @@ class Supervisor:
                 return -code
             case Create():
                 return self._create(nid, tid, decision)
+            case CreatePair():
+                return self._create_pair(nid, tid, decision)
             case SetDefault():
                 return self._set_default(nid, tid, decision)
             case InterfaceIoctl():
@@ -239,7 +245,7 @@ class Supervisor:
 
     def _create(self, nid: int, tid: int, d: Create) -> int:
         try:
-            target = self.sockets.target_creds(tid, d.family, d.type, d.protocol)
+            target = self.sockets.target(tid, d.family, d.type, d.protocol)
         except OSError as e:
             if e.errno in _GONE and not self.listener.id_valid(nid):
                 return -errno.ENOENT
@@ -248,7 +254,7 @@ class Supervisor:
         # Whatever was just opened through /proc by tid must be the caller's: the tid may
         # have been reused since RECV. (A status file opened earlier that still reads comes
         # from the task that has held the tid all along.)
-        if ((target is not None and target.reopened) or temporary) and not (
+        if (target.reopened or temporary) and not (
                 self.listener.id_valid(nid)):
             if temporary:
                 os.close(ns_fd)
@@ -271,6 +277,31 @@ class Supervisor:
             return -(e.errno or errno.EIO)
         finally:
             os.close(fd)
+
+    def _create_pair(self, nid: int, tid: int, d: CreatePair) -> int:
+        """socketpair(2) in the stack: both ends installed in the caller (ADDFD), their
+        numbers written to its ``int[2]``, then the call completed with 0."""
+        target = self.sockets.target(tid, d.family, d.type, d.protocol)
+        ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
+        try:
+            if not self.listener.id_valid(nid):
+                return -errno.ENOENT  # what was read through /proc may be another task's
+            pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
+        finally:
+            if temporary:
+                os.close(ns_fd)
+        try:
+            # Both installed before the numbers are written: the kernel itself writes them
+            # before installing, but we learn them only from ADDFD. A caller whose int[2]
+            # is not writable gets EFAULT with both ends left open, as no native call would.
+            cloexec = bool(d.type & SOCK_CLOEXEC)
+            ends = [self.listener.addfd(nid, fd, cloexec, send=False) for fd in pair]
+            procmem.write(tid, d.sv, struct.pack("=2i", *ends))
+        finally:
+            for fd in pair:
+                os.close(fd)
+        self._reply(nid)
+        return 0
 
     def _reply(self, nid: int, error: int = 0, cont: bool = False, val: int = 0) -> None:
         try:

@@ -110,11 +110,13 @@ _pidfd_info = True
 
 
 class FsIds(NamedTuple):
-    """The ids a new socket's owner is taken from, and whether TID's file was opened now."""
+    """The ids a new socket's owner is taken from, whether TID's file was opened now, and
+    the id of its cgroup v2 where PIDFD_GET_INFO told it (None: ask /proc)."""
 
     fsuid: int
     fsgid: int
     reopened: bool
+    cgroup: int | None = None
 
 
 def read_fs_ids(tid: int) -> FsIds:
@@ -124,7 +126,7 @@ def read_fs_ids(tid: int) -> FsIds:
     if _pidfd_info:
         try:
             ids, reopened = _pidfds.read(tid)
-            return FsIds(ids.uids[3], ids.gids[3], reopened)
+            return FsIds(ids.uids[3], ids.gids[3], reopened, ids.cgroup)
         except OSError as e:
             # ESRCH: gone, or a live thread the kernel will not describe to us (some
             # versions refuse one whose parent is outside our pid namespace): /proc decides.

@@ -18,6 +18,7 @@ from mstack_bpf.linux._ffi import SyscallError, iowr, raw_ioctl, syscall
 
 PIDFD_THREAD = os.O_EXCL  # Linux 6.9
 PIDFD_INFO_CREDS = 1 << 1
+PIDFD_INFO_CGROUPID = 1 << 2
 PIDFS_IOCTL_MAGIC = 0xFF
 #: ``struct pidfd_info`` as of Linux 6.13 (PIDFD_INFO_SIZE_VER0); later kernels accept it
 _INFO = struct.Struct("=QQIII8Ii")
@@ -26,10 +27,12 @@ PIDFD_GET_INFO = iowr(PIDFS_IOCTL_MAGIC, 11, _INFO.size)
 
 
 class TaskIds(NamedTuple):
-    """A thread's ids from ``PIDFD_GET_INFO``: (real, effective, saved, filesystem)."""
+    """A thread's ids from ``PIDFD_GET_INFO``: (real, effective, saved, filesystem), and
+    the id of its cgroup v2 (None where the kernel did not say)."""
 
     uids: tuple[int, int, int, int]
     gids: tuple[int, int, int, int]
+    cgroup: int | None = None
 
 
 def open_thread(tid: int) -> int:
@@ -56,16 +59,19 @@ def get_fd(tid: int, fd: int) -> int:
 _buffer = ctypes.create_string_buffer(_INFO.size)
 _buffer_at = ctypes.addressof(_buffer)
 _MASK = struct.Struct("=Q")
+_CGROUP = struct.Struct("=Q")  # at offset 8
 _IDS = struct.Struct("=8I")  # ruid rgid euid egid suid sgid fsuid fsgid
 _IDS_AT = 28
 
 
 def task_ids(pidfd: int) -> TaskIds:
     """The ids of the thread behind ``pidfd``; ESRCH once it has been reaped."""
-    _MASK.pack_into(_buffer, 0, PIDFD_INFO_CREDS)  # the kernel reads only the mask
+    _MASK.pack_into(_buffer, 0, PIDFD_INFO_CREDS | PIDFD_INFO_CGROUPID)  # only the mask is read
     if raw_ioctl(pidfd, PIDFD_GET_INFO, _buffer_at) < 0:
         raise SyscallError(ctypes.get_errno(), "ioctl(PIDFD_GET_INFO)")
-    if not _MASK.unpack_from(_buffer)[0] & PIDFD_INFO_CREDS:
+    mask = _MASK.unpack_from(_buffer)[0]
+    if not mask & PIDFD_INFO_CREDS:
         raise SyscallError(errno.ENOSYS, "ioctl(PIDFD_GET_INFO)", "(no credentials)")
     r, rg, e, eg, s, sg, f, fg = _IDS.unpack_from(_buffer, _IDS_AT)
-    return TaskIds((r, e, s, f), (rg, eg, sg, fg))
+    cgroup = _CGROUP.unpack_from(_buffer, 8)[0] if mask & PIDFD_INFO_CGROUPID else None
+    return TaskIds((r, e, s, f), (rg, eg, sg, fg), cgroup)

@@ -12,9 +12,11 @@ short or long message is detectable):
 
 * start: helper → parent ``<iI`` (errno, step) — errno 0 when ready; step says which call
   failed (1 open, 2 NS_GET_NSTYPE, 3 NS_GET_USERNS, 4 setns user, 5 setns net).
-* request: parent → helper ``<iii`` (family, type, protocol), exactly 12 bytes, no
-  ancillary data; anything else ends the helper (a confused peer is not served).
-* reply: helper → parent ``<i`` errno; with errno 0 the socket travels as SCM_RIGHTS.
+* request: parent → helper ``<iiii`` (what, family, type, protocol), exactly 16 bytes, no
+  ancillary data; ``what`` is 1 for socket(2), 2 for socketpair(2); anything else ends the
+  helper (a confused peer is not served).
+* reply: helper → parent ``<i`` errno; with errno 0 the socket (or the pair, in order)
+  travels as SCM_RIGHTS.
 
 The helper exits when the parent closes its end or dies (PR_SET_PDEATHSIG), and holds no
 fd but its socket (the supervisor's seccomp listener must not leak into it).
@@ -41,7 +43,8 @@ from mstack_bpf.linux.netns import (
     setns,
 )
 
-_REQ = struct.Struct("<iii")
+_REQ = struct.Struct("<iiii")
+_SOCKET, _PAIR = 1, 2
 _REPLY = struct.Struct("<i")
 _START = struct.Struct("<iI")
 _STEPS = {
@@ -52,11 +55,14 @@ _STEPS = {
     5: "setns(CLONE_NEWNET)",
 }
 _PR_SET_PDEATHSIG = 1
-_CMSG_SPACE = socket.CMSG_SPACE(4)
+_CMSG_SPACE = socket.CMSG_SPACE(8)
 
 _socket = libc.socket
 _socket.restype = ctypes.c_int
 _socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+_socketpair = libc.socketpair
+_socketpair.restype = ctypes.c_int
+_socketpair.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
 class NetnsSocketHelper:
@@ -89,25 +95,27 @@ class NetnsSocketHelper:
 
     def make_socket(self, family: int, type: int, proto: int) -> int:
         """socket(family, type, proto) inside the namespace; one round trip."""
+        return self._ask(_SOCKET, family, type, proto)[0]
+
+    def make_pair(self, family: int, type: int, proto: int) -> tuple[int, int]:
+        """socketpair(family, type, proto) inside the namespace; one round trip."""
+        first, second = self._ask(_PAIR, family, type, proto)
+        return first, second
+
+    def _ask(self, what: int, family: int, type: int, proto: int) -> list[int]:
         if self._sock is None:
-            raise SyscallError(errno.EBADF, "NetnsSocketHelper.make_socket", "closed")
-        self._sock.send(_REQ.pack(family, type, proto))
+            raise SyscallError(errno.EBADF, "NetnsSocketHelper", "closed")
+        self._sock.send(_REQ.pack(what, family, type, proto))
         data, anc, flags, _ = self._sock.recvmsg(_REPLY.size + 1, _CMSG_SPACE)
         fds = _fds(anc)
-        if len(data) != _REPLY.size or flags & socket.MSG_CTRUNC:
+        err = _REPLY.unpack(data)[0] if len(data) == _REPLY.size else -1
+        if err or flags & socket.MSG_CTRUNC or len(fds) != what:
             for fd in fds:
                 os.close(fd)
-            raise SyscallError(errno.EPROTO, "NetnsSocketHelper.make_socket", "bad reply")
-        (err,) = _REPLY.unpack(data)
-        if err:
-            for fd in fds:
-                os.close(fd)
-            raise OSError(err, os.strerror(err))
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise SyscallError(errno.EPROTO, "NetnsSocketHelper.make_socket", "no fd")
-        return fds[0]
+            if err > 0:
+                raise OSError(err, os.strerror(err))
+            raise SyscallError(errno.EPROTO, "NetnsSocketHelper", "bad reply")
+        return fds
 
     def close(self) -> None:
         """Stop the helper (closing our end makes it exit) and reap it."""
@@ -191,12 +199,20 @@ def _loop(sock: socket.socket) -> None:  # pragma: no cover - helper
             for f in _fds(anc):
                 os.close(f)
             return
-        family, type_, proto = _REQ.unpack(data)
-        new = _socket(family, type_, proto)
-        if new < 0:
+        what, family, type_, proto = _REQ.unpack(data)
+        if what == _PAIR:
+            pair = (ctypes.c_int * 2)()
+            made = [pair[0], pair[1]] if _socketpair(family, type_, proto, pair) == 0 else []
+        elif what == _SOCKET:
+            new = _socket(family, type_, proto)
+            made = [new] if new >= 0 else []
+        else:
+            return
+        if not made:
             sock.send(_REPLY.pack(ctypes.get_errno() or errno.EIO))
             continue
         try:
-            socket.send_fds(sock, [_REPLY.pack(0)], [new])
+            socket.send_fds(sock, [_REPLY.pack(0)], made)
         finally:
-            os.close(new)
+            for fd in made:
+                os.close(fd)

@@ -6,12 +6,17 @@ natively in the same namespace."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Netns, build_c, mstack, needs_root
+from mstack_bpf.linux import cgroup as cgroup_mod
+from tests.conftest import PYTHON, Netns, build_c, mstack, needs_root
 
 pytestmark = needs_root
 
@@ -69,3 +74,107 @@ def test_address_requests_answer_as_on_the_callers_socket(netns: Netns, ifioctl:
         assert _view(mstack("-o", "ip", name, *command)) == native, (family, request)
         if family == AF_INET and request == SIOCGIFADDR:
             assert native == {"addr": "127.0.0.1", "value": 0}
+
+
+PAIR_PROBE = """
+import errno, json, socket, struct, sys
+def cookie(s):
+    return struct.unpack('=Q', s.getsockopt(1, 71, 8))[0]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+out = {"ends": [cookie(a), cookie(b)], "cloexec": [not x.get_inheritable() for x in (a, b)]}
+b.send(b"ping")
+out["pair"] = a.recv(16).decode()
+try:
+    a.sendto(b"escaped", sys.argv[1].encode())
+    out["sendto"] = "sent"
+except OSError as e:
+    out["sendto"] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def abstract_listener() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket bound to an abstract name in the host's namespace."""
+    name = f"\0mstack-pair-{os.getpid()}-{random.randrange(1 << 32):08x}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(name)
+    sock.setblocking(False)
+    try:
+        yield sock, name
+    finally:
+        sock.close()
+
+
+def _received(sock: socket.socket) -> bytes | None:
+    try:
+        return sock.recv(64)
+    except BlockingIOError:
+        return None
+
+
+@pytest.mark.parametrize("mapping", [("--lock",), ("--lock", "-o", "unix"), ("-o", "unix")])
+def test_socketpair_is_made_in_its_familys_stack(netns: Netns, mapping: tuple[str, ...],
+                                                 abstract_listener: tuple[socket.socket, str],
+                                                 ) -> None:
+    """A datagram pair of a redirected AF_UNIX can send to (and bind) abstract names of the
+    namespace it lives in: it must live in the stack, never in the caller's own."""
+    listener, name = abstract_listener
+    escape = name.replace("\0", "@")  # the probe's argv cannot carry a NUL: '@' stands for it
+    probe = PAIR_PROBE.replace("sys.argv[1].encode()", "b'\\0' + sys.argv[1][1:].encode()")
+    native = json.loads(subprocess.run([PYTHON, "-c", probe, escape], capture_output=True,
+                                       text=True, timeout=30, check=True).stdout)
+    assert native["sendto"] == "sent" and _received(listener) == b"escaped"  # the attack
+    under = _view(mstack(*mapping, netns.name, PYTHON, "-c", probe, escape))
+    assert under == {"ends": [netns.cookie] * 2, "cloexec": [True, True], "pair": "ping",
+                     "sendto": "ECONNREFUSED"}
+    assert _received(listener) is None
+
+
+SEND = """
+import errno, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"x", ("127.0.0.1", 9999))
+    print("sent")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+@pytest.fixture
+def cgroup_rule(netns: Netns) -> Iterator[str]:
+    """A level-1 cgroup v2 whose UDP to port 9999 the stack's nftables drops; its path."""
+    found = cgroup_mod.v2_mount()
+    if found is None or found[1] != "/":
+        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft (apt nftables)")
+    name = f"mstack-t{random.randrange(1 << 32):08x}"
+    path = f"{found[0]}/{name}"
+    os.mkdir(path)
+    try:
+        # nft resolves cgroup paths under /sys/fs/cgroup: give it the v2 hierarchy there.
+        rules = (f"add table inet t; add chain inet t out {{ type filter hook output priority 0;"
+                 f" }}; add rule inet t out socket cgroupv2 level 1 \\\"{name}\\\" "
+                 "udp dport 9999 drop")
+        subprocess.run(["unshare", "-m", "sh", "-ec",
+                        "mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && "
+                        f"nsenter --net={netns.path} nft \"{rules}\""],
+                       check=True, capture_output=True, text=True, timeout=30)
+        yield path
+    finally:
+        os.rmdir(path)
+
+
+def test_socket_carries_the_callers_cgroup(netns: Netns, cgroup_rule: str) -> None:
+    """A target that moved to another cgroup than the supervisor's: its sockets are its
+    cgroup's (the stack's nft rule for that cgroup drops its UDP), as natively."""
+    join = f"echo $$ > {cgroup_rule}/cgroup.procs && exec "
+    native = subprocess.run(["sh", "-c", join + f"nsenter --net={netns.path} \"$@\"", "sh",
+                             PYTHON, "-c", SEND], capture_output=True, text=True, timeout=30)
+    assert native.stdout.strip() == "EPERM", native.stderr
+    under = mstack("-o", "4", netns.name, "sh", "-c", join + '"$@"', "sh", PYTHON, "-c", SEND)
+    assert under.stdout.strip() == "EPERM", under.stderr
+    # the rule is the cgroup's: outside it the same send goes out
+    assert mstack("-o", "4", netns.name, PYTHON, "-c", SEND).stdout.strip() == "sent"

@@ -27,7 +27,7 @@ COOKIE = ("import socket,struct;s=socket.socket(socket.AF_INET);"
           "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
 
 
-def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> None:
+def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> None:  # noqa: F811
     name = unique()
     nobody.ok("add", name)
     inside = _in_stack(nobody, nobody.info(name)["holder_pid"], PY, "-c", COOKIE).stdout.strip()
@@ -42,7 +42,7 @@ def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> Non
     nobody.ok("del", name)
 
 
-def test_non_dumpable_caller_gets_what_every_table_agrees_on(nobody: Nobody) -> None:
+def test_non_dumpable_caller_gets_what_every_table_agrees_on(nobody: Nobody) -> None:  # noqa: F811
     """Where every table of the tree decides alike (AF_INET is in the stack in both), the
     unreadable marker does not matter."""
     name = unique()
@@ -51,4 +51,20 @@ def test_non_dumpable_caller_gets_what_every_table_agrees_on(nobody: Nobody) -> 
     under = nobody.run("mstack", "-o", "4", name, "mstack", "--lock", "-o", "6", "null",
                        PY, "-c", NON_DUMPABLE)
     assert under.stdout.strip() == inside, (under.stdout, under.stderr)
+    nobody.ok("del", name)
+
+
+PAIR = ("import socket,struct;a,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM);"
+        "b.send(b'x');assert a.recv(1)==b'x';"
+        "print(struct.unpack('=Q',a.getsockopt(1,71,8))[0])")
+UNIX_COOKIE = COOKIE.replace("socket.AF_INET", "socket.AF_UNIX")
+
+
+def test_socketpair_made_in_a_rootless_stack_by_its_helper(nobody: Nobody) -> None:  # noqa: F811
+    name = unique()
+    nobody.ok("add", name)
+    holder = nobody.info(name)["holder_pid"]
+    inside = _in_stack(nobody, holder, PY, "-c", UNIX_COOKIE).stdout.strip()
+    under = nobody.run("mstack", "--lock", "-o", "unix", name, PY, "-c", PAIR)
+    assert under.stdout.strip() == inside, under.stderr
     nobody.ok("del", name)

@@ -22,6 +22,7 @@ from mstack_bpf.calls import (
 from mstack_bpf.decide import (
     Continue,
     Create,
+    CreatePair,
     Fail,
     Msocket,
     ReadSocketcall,
@@ -55,7 +56,8 @@ def test_decode_x86_64_socket() -> None:
 
 
 def test_decode_x86_64_socketpair() -> None:
-    assert decode(X86_64, 53, regs(AF_UNIX, STREAM, 0, 0x7FFC0000)) == SocketPairCall(AF_UNIX)
+    call = decode(X86_64, 53, regs(AF_UNIX, STREAM, 0, 0x7FFC0000))
+    assert call == SocketPairCall(AF_UNIX, STREAM, 0, 0x7FFC0000)
 
 
 def test_decode_ignores_the_high_32_bits() -> None:
@@ -81,7 +83,8 @@ def test_decode_msocket(nr: int) -> None:
 
 def test_decode_i386() -> None:
     assert decode(I386, 359, regs(AF_INET6, DGRAM, 17)) == SocketCall(AF_INET6, DGRAM, 17)
-    assert decode(I386, 360, regs(AF_UNIX, STREAM, 0, 0xFFFFD000)) == SocketPairCall(AF_UNIX)
+    call = decode(I386, 360, regs(AF_UNIX, STREAM, 0, 0xFFFFFFFF_FFFFD000))
+    assert call == SocketPairCall(AF_UNIX, STREAM, 0, 0xFFFFD000)
     assert decode(I386, 102, regs(1, 0xFFFFD000)) == SocketcallCall(1, 0xFFFFD000)
     assert decode(I386, 102, regs(8, 0x1_FFFFD000)) == SocketcallCall(8, 0xFFFFD000)
 
@@ -108,7 +111,8 @@ def test_decode_socketcall_socket_comes_from_memory() -> None:
 
 
 def test_decode_socketcall_socketpair_and_others() -> None:
-    assert decode_socketcall(8, (AF_UNIX, STREAM, 0)) == SocketPairCall(AF_UNIX, True)
+    call = decode_socketcall(8, (AF_UNIX, STREAM, 0, 0xFFFFD100))
+    assert call == SocketPairCall(AF_UNIX, STREAM, 0, 0xFFFFD100, from_memory=True)
     for sub in (2, 3, 5, 18, 0, 99):
         assert isinstance(decode_socketcall(sub, (AF_INET, STREAM, 0)), OtherCall)
 
@@ -187,8 +191,15 @@ def test_netns_is_created_there(locked: bool) -> None:
 @LOCKS
 def test_socketpair(locked: bool) -> None:
     assert decide(SocketPairCall(AF_INET), table(locked)) == Fail(errno.EAFNOSUPPORT)
-    for family in (AF_UNIX, AF_INET6, AF_NETLINK):
+    for family in (AF_UNIX, AF_NETLINK):
         assert decide(SocketPairCall(family), table(locked)) == Continue()
+    # made in its stack: an AF_UNIX datagram end could otherwise reach abstract names of
+    # the caller's own namespace
+    call = SocketPairCall(AF_INET6, DGRAM, 0, 0x7FFC0000)
+    assert decide(call, table(locked)) == CreatePair(BLUE, AF_INET6, DGRAM, 0, 0x7FFC0000)
+    from_memory = SocketPairCall(AF_UNIX, DGRAM, 0, 0xFFFFD100, from_memory=True)
+    assert decide(from_memory, table(locked)) == CreatePair(NATIVE, AF_UNIX, DGRAM, 0,
+                                                            0xFFFFD100)
 
 
 @pytest.mark.parametrize("family", [0, 46, 47, 1000, -1, -(1 << 31)])

@@ -96,7 +96,7 @@ class Expect:
         self.lock_any = bool(mapping.locked)
         self.lock_native = bool(self.final_native)
 
-    def _family(self, value: int, pair: bool) -> set[int]:
+    def _family(self, value: int) -> set[int]:
         family = value & 0xFFFFFFFF  # socket(2) takes an int
         if not 1 <= family < AF_MAX:
             return {ALLOW, EAFNOSUPPORT}  # not a family: the kernel itself says EAFNOSUPPORT
@@ -104,15 +104,13 @@ class Expect:
             return {ALLOW}
         if family in self.final_null:
             return {EAFNOSUPPORT}
-        if pair and family in self.final_netns:
-            return {ALLOW}  # a pair reaches no network, and this stack cannot become null
-        return {NOTIFY}
+        return {NOTIFY}  # a pair too: its abstract names would be the caller's namespace's
 
     def socket(self, value: int) -> set[int]:
-        return self._family(value, pair=False)
+        return self._family(value)
 
     def socketpair(self, value: int) -> set[int]:
-        return self._family(value, pair=True)
+        return self._family(value)
 
     def socketcall_creating(self, verdict: int) -> bool:
         """socketcall(SOCKET or SOCKETPAIR): arguments in memory, out of the filter's reach."""
@@ -169,7 +167,7 @@ class Expect:
             nrs |= {n.socket, n.io_uring_setup}
             if n.socketcall is not None:
                 nrs.add(n.socketcall)
-        if self.final_native | self.final_netns != FAMILIES:  # some pair may be refused
+        if self.final_native != FAMILIES:  # some pair is refused or made in a stack
             nrs.add(n.socketpair)
         if self.lock_any:
             nrs |= {n.seccomp, n.ptrace, n.pidfd_getfd, n.process_vm_writev}

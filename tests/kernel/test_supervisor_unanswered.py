@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mstack_bpf.factory import StackSockets
+from mstack_bpf.factory import StackSockets, Target
 from mstack_bpf.model import Mapping, Stack, StackKind
 from mstack_bpf.registry import StackRegistry
 from mstack_bpf.resolve import open_stack
@@ -34,7 +34,7 @@ class CredsFail(StackSockets):
         super().__init__()
         self.before = before
 
-    def target_creds(self, tid: int, family: int, sock_type: int, protocol: int) -> None:
+    def target(self, tid: int, family: int, sock_type: int, protocol: int) -> Target:
         self.before()
         raise OSError(errno.ESRCH, "ioctl(PIDFD_GET_INFO)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from mstack_bpf.factory import StackSockets
 from mstack_bpf.linux import creds as creds_mod
@@ -20,6 +21,13 @@ from mstack_bpf.targetview import TargetView, canonical
 CAP_SYS_ADMIN = 21
 MAX_NAMED = 1024  # namespaces a tree may name in msocket beyond those of its mapping
 _RESERVED = {b"null": NULL, b"native": NATIVE}
+
+
+class Located(NamedTuple):
+    """A namespace a msocket path names, opened (the fd is the holder's to close)."""
+
+    name: str
+    fd: int
 
 
 class StackRegistry:
@@ -47,24 +55,45 @@ class StackRegistry:
 
     def open_for_target(self, raw: bytes, tid: int, sockets: StackSockets,
                         still_valid: Callable[[], bool]) -> Stack:
-        """The stack msocket's ``raw`` path names, opened in the target's root and cwd with
-        its filesystem credentials; OSError ENOENT (no file), ENOTSUP (not a stack) or
-        EACCES (an unprivileged target naming a stack it has no claim to).
+        """The stack msocket's ``raw`` path names: :meth:`locate`, then :meth:`admit`."""
+        ids = self.opening_ids(tid, sockets)
+        return self.admit(self.locate(raw, tid, ids), tid, still_valid)
 
-        Everything here goes through /proc/TID: a new stack is kept only if ``still_valid()``
-        confirms afterwards that TID is still the caller (not a reused tid)."""
-        if raw in _RESERVED:
-            return self._permit(_RESERVED[raw])
-        name = raw.decode("utf-8", "surrogateescape")
-        candidates = self._candidates(name, tid)
-        if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
-                _exists(opener) for _, opener in candidates):
-            return self._permit(_RESERVED[raw[9:]])
+    @staticmethod
+    def opening_ids(tid: int, sockets: StackSockets) -> creds_mod.FsIds | None:
+        """The filesystem ids to open the target's paths with (None: ours are the same)."""
         ids = creds_mod.read_fs_ids(tid) if sockets.privileged else None
         if ids is not None and (ids.fsuid, ids.fsgid) == (sockets.own.uids[3],
                                                           sockets.own.gids[3]):
             ids = None  # opening as ourselves is opening as the target
-        fd = self._open_first(candidates, ids)
+        return ids
+
+    @staticmethod
+    def locate(raw: bytes, tid: int, ids: creds_mod.FsIds | None) -> Stack | Located:
+        """Find what ``raw`` names, opened in the target's root and cwd with its filesystem
+        ids ``ids``: a built-in stack, or an open namespace. OSError ENOENT (no file),
+        ENOTSUP (not a stack). It may wait on the target's filesystems (FUSE) as long as
+        they like, and touches nothing of the registry: it runs off the supervisor loop."""
+        if raw in _RESERVED:
+            return _RESERVED[raw]
+        if not raw:
+            raise OSError(errno.ENOENT, "empty path")  # as open("") answers
+        name = raw.decode("utf-8", "surrogateescape")
+        candidates = StackRegistry._candidates(name, tid)
+        if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
+                _exists(opener) for _, opener in candidates):
+            return _RESERVED[raw[9:]]
+        return Located(name, StackRegistry._open_first(candidates, ids))
+
+    def admit(self, found: Stack | Located, tid: int, still_valid: Callable[[], bool]) -> Stack:
+        """The stack for what :meth:`locate` found (its fd is ours to keep or close); OSError
+        EACCES for an unprivileged target naming a stack it has no claim to.
+
+        Everything here goes through /proc/TID: a new stack is kept only if ``still_valid()``
+        confirms afterwards that TID is still the caller (not a reused tid)."""
+        if isinstance(found, Stack):
+            return self._permit(found)
+        name, fd = found
         ino = netns.ns_inode(fd)
         if ino in self._by_ino:
             os.close(fd)

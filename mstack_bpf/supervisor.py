@@ -8,18 +8,20 @@ under the filter has gone (the listener then reports POLLHUP), see seccomp_unoti
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import select
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from mstack_bpf import ifioctl
 from mstack_bpf.calls import (
     SOCK_CLOEXEC,
     Call,
     ExitGroupCall,
-    MsocketCall,
     SocketCall,
     SocketPairCall,
     decode,
@@ -44,9 +46,11 @@ from mstack_bpf.factory import StackSockets, open_task_netns
 from mstack_bpf.families import family_name
 from mstack_bpf.linux import procmem
 from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.creds import FsIds
 from mstack_bpf.linux.seccomp import Listener, SeccompData
 from mstack_bpf.model import Stack, StackKind
-from mstack_bpf.registry import StackRegistry
+from mstack_bpf.registry import Located, StackRegistry
+from mstack_bpf.slowlane import SlowLane
 from mstack_bpf.tables import MARKER_FD, Tables, TableUnknown
 
 log = logging.getLogger("mstack.supervisor")
@@ -55,6 +59,26 @@ _GONE = (errno.ENOENT, errno.ESRCH)
 _DECIDED_MAX = 1024  # remembered decisions (the keys are the caller's: bound them)
 Outcome = Decision | SetDefault
 Observer = Callable[[int, object, Outcome, int], None]
+
+
+@dataclass(frozen=True)
+class Later:
+    """Work that may block on the caller (its memory, its paths): ``job`` runs in the slow
+    lane, ``then`` gets its value back on the loop and says what comes next."""
+
+    job: Callable[[], object]
+    then: Callable[[Any], Step]
+
+
+@dataclass(frozen=True)
+class Done:
+    """A call answered (or dropped: its caller has gone), for the observers."""
+
+    outcome: Outcome
+    result: int
+
+
+Step = Outcome | Later | Done
 
 
 class Supervisor:
@@ -66,6 +90,8 @@ class Supervisor:
         self.sockets = sockets
         #: injects sockets; on the caller's CPU when ``colocate`` (needs synchronous wake-ups)
         self.injector = Colocator(listener, colocate)
+        #: work that may block on one caller, off this loop
+        self.slow = SlowLane()
         self._decided: dict[tuple[int, ...], tuple[Call, Decision]] = {}
         #: called with (tid, call, decision, result) after each call, for -vvv
         self.observers: list[Observer] = []
@@ -80,6 +106,7 @@ class Supervisor:
         # Always poll() first: a blocking RECV returns once every task is gone only since
         # Linux 6.11; before, the supervisor would wait there for good.
         handlers = dict(extra or {})
+        handlers[self.slow.fd] = self.slow.drain
         poller = select.poll()
         poller.register(self.listener.fd, select.POLLIN)
         for fd in handlers:
@@ -112,19 +139,38 @@ class Supervisor:
         call, decision = self._decide(tid, notif.data)
         if isinstance(call, ExitGroupCall) and self.before_exit is not None:
             _safely(self.before_exit, tid)
-        outcome: Outcome
+        self._drive(nid, tid, call, lambda: self._final(nid, tid, decision))
+        return True
+
+    def _drive(self, nid: int, tid: int, call: Call, step: Callable[[], Step]) -> None:
+        """Carry a call on from ``step`` until it is done, or handed to the slow lane (which
+        brings it back here when its work is over)."""
         try:
-            outcome = self._final(nid, tid, decision)
-            result = self._carry_out(nid, tid, outcome)
+            result = step()
+            while not isinstance(result, Done):
+                if isinstance(result, Later):
+                    self.slow.submit(result.job,
+                                     functools.partial(self._resume, nid, tid, call, result.then))
+                    return
+                result = self._carry_out(nid, tid, result)
         except Exception as e:  # fail closed: never CONTINUE on a surprise
             code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
             if not isinstance(e, OSError):
-                log.exception("tid %d: %s failed", tid, call)
+                log.error("tid %d: %s failed", tid, call, exc_info=e)
             self._reply(nid, error=-code)
-            outcome, result = Fail(code), -code
+            result = Done(Fail(code), -code)
         for observer in self.observers:
-            observer(tid, call, outcome, result)
-        return True
+            observer(tid, call, result.outcome, result.result)
+
+    def _resume(self, nid: int, tid: int, call: Call, then: Callable[[Any], Step],
+                value: object) -> None:
+        def step() -> Step:
+            if isinstance(value, Exception):
+                raise value
+            if isinstance(value, BaseException):
+                raise OSError(errno.EIO, f"slow lane: {value!r}")
+            return then(value)
+        self._drive(nid, tid, call, step)
 
     def _decide(self, tid: int, data: SeccompData) -> tuple[Call, Decision]:
         """decode + decide. The answer to a socket call read from registers depends only on
@@ -155,70 +201,88 @@ class Supervisor:
         decisions = {decide(call, table) for table in self.tables.candidates()}
         return decisions.pop() if len(decisions) == 1 else Fail(errno.EACCES)
 
-    def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome:
+    def _final(self, nid: int, tid: int, decision: Outcome) -> Outcome | Later:
         """Follow a decision that needs the target's memory to the decision proper."""
         if isinstance(decision, ReadSocketcall):
-            count = socketcall_words(decision.call)
-            block = procmem.read(tid, decision.argp, 4 * count)
-            if len(block) != 4 * count:
-                raise OSError(errno.EFAULT, "socketcall arguments")
-            words = struct.unpack(f"={count}I", block)
-            if not self.listener.id_valid(nid):
-                raise OSError(errno.ENOENT, "caller gone")
-            call = decode_socketcall(decision.call, words)
-            try:
-                return decide(call, self.tables.table_for(tid))
-            except TableUnknown:
-                return self._decide_blind(call)
+            size = 4 * socketcall_words(decision.call)
+            return Later(lambda: procmem.read(tid, decision.argp, size),
+                         lambda block: self._socketcall(nid, tid, decision.call, block))
         if isinstance(decision, Msocket):
-            return self._msocket(nid, tid, decision.call)
+            call = decision.call
+            if not call.path_ptr:
+                return decide_msocket(call, self.tables.table_for(tid), None)
+            ids = self.registry.opening_ids(tid, self.sockets)
+            return Later(lambda: self._locate(nid, tid, call.path_ptr, ids),
+                         lambda found: decide_msocket(call, self.tables.table_for(tid),
+                                                      self.registry.admit(
+                                                          found, tid, self._valid(nid))))
         return decision
 
-    def _carry_out(self, nid: int, tid: int, decision: Outcome) -> int:
+    def _socketcall(self, nid: int, tid: int, sub: int, block: bytes) -> Outcome:
+        count = socketcall_words(sub)
+        if len(block) != 4 * count:
+            raise OSError(errno.EFAULT, "socketcall arguments")
+        if not self.listener.id_valid(nid):
+            raise OSError(errno.ENOENT, "caller gone")
+        call = decode_socketcall(sub, struct.unpack(f"={count}I", block))
+        try:
+            return decide(call, self.tables.table_for(tid))
+        except TableUnknown:
+            return self._decide_blind(call)
+
+    def _locate(self, nid: int, tid: int, path_ptr: int,
+                ids: FsIds | None) -> Stack | Located:
+        """(slow lane) Read msocket's path once and find what it names, only if the caller
+        is still there."""
+        raw = procmem.read_string(tid, path_ptr)
+        if not self.listener.id_valid(nid):
+            raise OSError(errno.ENOENT, "caller gone")
+        return StackRegistry.locate(raw, tid, ids)
+
+    def _valid(self, nid: int) -> Callable[[], bool]:
+        return lambda: self.listener.id_valid(nid)
+
+    def _carry_out(self, nid: int, tid: int, decision: Outcome) -> Done | Later:
         match decision:
             case Continue():
                 self._reply(nid, cont=True)
-                return 0
+                return Done(decision, 0)
             case Fail(errno=code):
                 self._reply(nid, error=-code)
-                return -code
+                return Done(decision, -code)
             case Create():
-                return self._create(nid, tid, decision)
+                return Done(decision, self._create(nid, tid, decision))
             case CreatePair():
                 return self._create_pair(nid, tid, decision)
             case SetDefault():
-                return self._set_default(nid, tid, decision)
+                return Done(decision, self._set_default(nid, tid, decision))
             case InterfaceIoctl():
                 return self._interface_ioctl(nid, tid, decision)
         raise AssertionError(decision)
 
-    def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> int:
+    def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> Done | Later:
         family = ifioctl.socket_family(tid, d.call.fd)
         if family is None:
             self._reply(nid, error=-errno.ENOTTY)  # what these requests get on other files
-            return -errno.ENOTTY
+            return Done(d, -errno.ENOTTY)
         rights, reopened = self.sockets.caller_rights(tid)
         if reopened and not self.listener.id_valid(nid):
-            return -errno.ENOENT  # the credentials read may be another task's
+            return Done(d, -errno.ENOENT)  # the credentials read may be another task's
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
             sock = self.sockets.ioctl_socket(ns_fd, ns_ino, ifioctl.carrier_family(family))
         finally:
             if temporary:
                 os.close(ns_fd)
-        value = ifioctl.answer(tid, sock, d.call.request, d.call.argp,
-                               lambda: self.listener.id_valid(nid), rights, d.call.compat)
-        self._reply(nid, val=value)
-        return value
+        # Copying in and out of the caller's memory may wait on it: the slow lane does it,
+        # and the request itself (the worker thread takes the caller's credentials).
+        return Later(lambda: ifioctl.answer(tid, sock, d.call.request, d.call.argp,
+                                            self._valid(nid), rights, d.call.compat),
+                     lambda value: self._answered(nid, d, value))
 
-    def _msocket(self, nid: int, tid: int, call: MsocketCall) -> Outcome:
-        """Read the path once, decide on that copy, and only if the caller is still there."""
-        raw = procmem.read_string(tid, call.path_ptr) if call.path_ptr else None
-        if not self.listener.id_valid(nid):
-            raise OSError(errno.ENOENT, "caller gone")
-        named = None if raw is None else self.registry.open_for_target(
-            raw, tid, self.sockets, lambda: self.listener.id_valid(nid))
-        return decide_msocket(call, self.tables.table_for(tid), named)
+    def _answered(self, nid: int, outcome: Outcome, value: int) -> Done:
+        self._reply(nid, val=value)
+        return Done(outcome, value)
 
     def _set_default(self, nid: int, tid: int, d: SetDefault) -> int:
         if self.tables.has_foreign_fd(tid):
@@ -278,14 +342,14 @@ class Supervisor:
         finally:
             os.close(fd)
 
-    def _create_pair(self, nid: int, tid: int, d: CreatePair) -> int:
+    def _create_pair(self, nid: int, tid: int, d: CreatePair) -> Done | Later:
         """socketpair(2) in the stack: both ends installed in the caller (ADDFD), their
         numbers written to its ``int[2]``, then the call completed with 0."""
         target = self.sockets.target(tid, d.family, d.type, d.protocol)
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
             if not self.listener.id_valid(nid):
-                return -errno.ENOENT  # what was read through /proc may be another task's
+                return Done(d, -errno.ENOENT)  # what was read through /proc: another task's?
             pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         finally:
             if temporary:
@@ -295,13 +359,13 @@ class Supervisor:
             # before installing, but we learn them only from ADDFD. A caller whose int[2]
             # is not writable gets EFAULT with both ends left open, as no native call would.
             cloexec = bool(d.type & SOCK_CLOEXEC)
-            ends = [self.listener.addfd(nid, fd, cloexec, send=False) for fd in pair]
-            procmem.write(tid, d.sv, struct.pack("=2i", *ends))
+            ends = struct.pack("=2i", *(self.listener.addfd(nid, fd, cloexec, send=False)
+                                        for fd in pair))
         finally:
             for fd in pair:
                 os.close(fd)
-        self._reply(nid)
-        return 0
+        return Later(lambda: procmem.write(tid, d.sv, ends),
+                     lambda _: self._answered(nid, d, 0))
 
     def _reply(self, nid: int, error: int = 0, cont: bool = False, val: int = 0) -> None:
         try:

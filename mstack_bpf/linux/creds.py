@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,9 +72,15 @@ class _TaskFiles(Generic[T]):
                  size: int = 64) -> None:
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._open, self._read, self._size = opener, reader, size
+        #: the supervisor's slow-lane workers read too (a file is never read while closed)
+        self._lock = threading.Lock()
 
     def read(self, tid: int) -> tuple[T, bool]:
         """What ``reader`` makes of the thread's file, and whether it had to be opened now."""
+        with self._lock:
+            return self._read_locked(tid)
+
+    def _read_locked(self, tid: int) -> tuple[T, bool]:
         fd = self._fds.get(tid)
         if fd is not None:
             try:
@@ -96,9 +103,10 @@ class _TaskFiles(Generic[T]):
         return data, True
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
 _status = _TaskFiles(

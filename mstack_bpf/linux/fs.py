@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import struct
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -138,7 +139,8 @@ def _own_entry(dir_fd: int) -> tuple[bool, str] | None:
     below = parts[len(parts) - depth:] if depth else []
     if not below or below[0] != me:
         return None
-    thread = below[1:3] == ["task", me]  # thread-self: the supervisor is single-threaded
+    # thread-self of whichever supervisor thread walks (the loop, or a slow-lane worker)
+    thread = below[1:3] == ["task", str(threading.get_native_id())]
     return thread, "/".join(below[3:] if thread else below[1:])
 
 

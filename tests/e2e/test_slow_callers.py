@@ -32,8 +32,9 @@ if sys.argv[1] == "uffd":  # the path's page is missing, and only we could bring
                       ctypes.create_string_buffer(struct.pack("=QQQ", 0xAA, 0, 0))) == 0
     page = mmap.mmap(-1, 4096)
     path = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(page)))
-    assert libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00),  # UFFDIO_REGISTER, MISSING
-                      ctypes.create_string_buffer(struct.pack("=QQQQ", path.value, 4096, 1, 0))) == 0
+    register = struct.pack("=QQQQ", path.value, 4096, 1, 0)  # UFFDIO_REGISTER_MODE_MISSING
+    assert libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00),  # UFFDIO_REGISTER
+                      ctypes.create_string_buffer(register)) == 0
 else:
     path = ctypes.c_char_p(sys.argv[1].encode())
 def slow():

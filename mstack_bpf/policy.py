@@ -5,7 +5,9 @@ when :func:`open_policy` resolves them (:func:`mstack_bpf.resolve.resolve`) and 
 stack fails with its ``FILE:LINE``. Every error is collected, never just the first, as
 ``FILE:LINE: message`` (DESIGN.md §5 "Policies"). tomllib gives no line numbers for keys and
 only the first syntax error, so key lines come from scanning the source text
-(:class:`_Lines`).
+(:mod:`mstack_bpf.tomlscan`). Whatever the file holds, the only error is
+:class:`PolicyError`: the file must be regular and at most MAX_SIZE bytes, and what would
+make tomllib recurse too deep or take quadratic time is refused before tomllib sees it.
 
 Precedence: ``all`` in ``[families]`` is the default for families no other key names; any
 other key (a family or a group such as ``ip``) is a mapping, and a family that two mappings
@@ -15,16 +17,21 @@ name is an error ("mapped twice"). Families neither mapped nor covered by ``all`
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from mstack_bpf.errors import StackError, UsageError
 from mstack_bpf.families import ALL_FAMILIES, FamilyListError, family_name, parse_item
 from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
 from mstack_bpf.resolve import OpenStack, open_stack, resolve
+from mstack_bpf.tomlscan import Lines
 
 _RESERVED = {"null": NULL, "native": NATIVE}
 _TOP_KEYS = ("description", "stacks", "families", "lock", "msocket", "options")
@@ -64,68 +71,9 @@ class Policy:
         return next(d for d in self.stacks if d.name == name)
 
 
-# --- source lines -------------------------------------------------------------------------
-
-_PART = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*""")
-_HEADER = re.compile(r"""\s*\[(?!\[)((?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\]"'])*)\]\s*(?:#.*)?$""")
-
-
-def _key_path(text: str) -> tuple[tuple[str, ...], str] | None:
-    """The dotted key at the start of ``text`` and the rest after it, or None."""
-    parts: list[str] = []
-    pos = 0
-    while (m := _PART.match(text, pos)) is not None:
-        token = m.group(1)
-        parts.append(tomllib.loads(f"k = {token}")["k"] if token[0] in "\"'" else token)
-        pos = m.end()
-        if not text.startswith(".", pos):
-            return tuple(parts), text[pos:]
-        pos += 1
-    return None
-
-
-class _Lines:
-    """Line numbers of tables, keys and array items, found by scanning the TOML text."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.where: dict[tuple[str, ...], int] = {}
-        table: tuple[str, ...] = ()
-        in_string = False
-        for number, line in enumerate(self.lines, 1):
-            was_in_string = in_string
-            in_string ^= (line.count('"""') + line.count("'''")) % 2 == 1
-            if was_in_string:
-                continue
-            header = _HEADER.match(line)
-            parsed = _key_path(header.group(1)) if header else None
-            if parsed is not None and not parsed[1].strip():
-                table = parsed[0]
-                self.where.setdefault(table, number)
-                continue
-            key = _key_path(line)
-            if key is not None and key[1].startswith("="):
-                for end in range(1, len(key[0]) + 1):  # a.b = 1 also defines a
-                    self.where.setdefault(table + key[0][:end], number)
-
-    def of(self, *path: str) -> int:
-        """The line of ``path``, else of its nearest enclosing table or key, else 1."""
-        for end in range(len(path), 0, -1):
-            if path[:end] in self.where:
-                return self.where[path[:end]]
-        return 1
-
-    def of_item(self, item: str, *path: str) -> int:
-        """The line of array ``path`` holding the string ``item`` (multi-line arrays)."""
-        start = self.of(*path)
-        quoted = (f'"{item}"', f"'{item}'")
-        for number in range(start, min(start + 200, len(self.lines)) + 1):
-            text = self.lines[number - 1]
-            if number > start and (_HEADER.match(text) or re.match(r"\s*[\w\"'.-]+\s*=", text)):
-                break
-            if any(q in text for q in quoted):
-                return number
-        return start
+def _shown(key: str) -> str:
+    """``key`` for a message: quoted unless it prints on one line as it is."""
+    return key if key.isprintable() else repr(key)
 
 
 def _type_name(value: object) -> str:
@@ -140,7 +88,7 @@ def _type_name(value: object) -> str:
 @dataclass
 class _Parser:
     source: str
-    lines: _Lines
+    lines: Lines
     errors: list[tuple[int, str]] = field(default_factory=list)
 
     def error(self, line: int, message: str) -> None:
@@ -169,7 +117,7 @@ class _Parser:
         defs: dict[str, StackDef] = {}
         for name, ref in table.items():
             line = self.lines.of("stacks", name)
-            where = f"[stacks] {name}"
+            where = f"[stacks] {_shown(name)}"
             if name in _RESERVED:
                 self.error(line, f"{where}: {name!r} is built in and cannot be redefined")
             elif not _STACK_NAME.fullmatch(name):
@@ -178,6 +126,8 @@ class _Parser:
                 self.error(line, f"{where}: must be a string, not {_type_name(ref)}")
             elif not ref:
                 self.error(line, f"{where}: empty stack reference")
+            elif not ref.isprintable():  # a NUL would fail open(2) with ValueError
+                self.error(line, f"{where}: {ref!r}: a stack reference is printable text")
             elif ref in _RESERVED or ref.removeprefix("/dev/net/") in _RESERVED:
                 self.error(line, f"{where}: {ref!r} is built in: use it in [families] directly")
             elif "/" in ref and not ref.startswith("/"):
@@ -206,7 +156,7 @@ class _Parser:
         owner: dict[int, str] = {}
         for key, value in table.items():
             line = self.lines.of("families", key)
-            where = f"[families] {key}"
+            where = f"[families] {_shown(key)}"
             is_default = key.strip().lower() == "all"
             chosen = frozenset() if is_default else self.family_item(key, where, line)
             stack = self.stack_value(value, where, line, defs)
@@ -236,7 +186,9 @@ class _Parser:
             return parse_item(item)
         except FamilyListError as e:
             self.error(line, f"{where}: {e.reason}: {e.item!r}")
-            return frozenset()
+        except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+            self.error(line, f"{where}: family number too long: {item!r}")
+        return frozenset()
 
     def string_list(self, value: object, path: tuple[str, str]) -> Iterator[tuple[str, int]]:
         """The items of a string or an array of strings, each with its line."""
@@ -246,9 +198,9 @@ class _Parser:
         if not isinstance(items, list):
             self.error(line, f"{where}: must be an array of strings, not {_type_name(value)}")
             return
-        for item in items:
+        for index, item in enumerate(items):
             if isinstance(item, str):
-                yield item, self.lines.of_item(item, *path)
+                yield item, self.lines.of_item(index, *path)
             else:
                 self.error(line, f"{where}: items must be strings, not {_type_name(item)}")
 
@@ -298,17 +250,44 @@ def _syntax_error(source: str, text: str, e: tomllib.TOMLDecodeError) -> str:
     if m is not None:
         return f"{source}:{m.group(1)}: TOML syntax: {message[:m.start()]} (column {m.group(2)})"
     m = re.search(r"\s*\(at end of document\)$", message)
-    line = max(1, len(text.splitlines()))
+    line = max(1, text.count("\n") + int(not text.endswith("\n")))
     return f"{source}:{line}: TOML syntax: {message[:m.start()] if m else message}"
+
+
+# a decimal integer as a value: not in a float, a date or 0x/0o/0b (int() limits none of them)
+_INTEGER = re.compile(r"[=\[{,]\s*([+-]?[0-9](?:_?[0-9])*)(?![\w.:-])")
+
+
+def _number_error(source: str, text: str, e: ValueError) -> str:
+    """The error for an integer that int() refuses: sys.get_int_max_str_digits() (4300)."""
+    limit = sys.get_int_max_str_digits()
+    for m in _INTEGER.finditer(text):
+        if limit and len(m.group(1).lstrip("+-").replace("_", "")) > limit:
+            line = text.count("\n", 0, m.start(1)) + 1
+            return f"{source}:{line}: TOML: an integer of more than {limit} digits"
+    return f"{source}: TOML: {_shown(str(e))}"
+
+
+def _toml(text: str, source: str, lines: Lines) -> dict[str, Any]:
+    """tomllib's document of ``text``; every way that fails raises :class:`PolicyError`."""
+    if lines.too_much is not None:
+        raise PolicyError([f"{source}:{lines.too_much[0]}: {lines.too_much[1]}"])
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError([_syntax_error(source, text, e)]) from None
+    except RecursionError:  # not within MAX_DEPTH, unless the stack was deep already
+        raise PolicyError([f"{source}:{lines.deepest[1]}: TOML: arrays or inline tables"
+                           " nested too deep"]) from None
+    except ValueError as e:  # after TOMLDecodeError, a subclass: a long integer
+        raise PolicyError([_number_error(source, text, e)]) from None
 
 
 def parse_policy(text: str, source: str) -> Policy:
     """The policy in ``text`` (read from ``source``); raises :class:`PolicyError`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError([_syntax_error(source, text, e)]) from None
-    p = _Parser(source, _Lines(text))
+    lines = Lines(text)
+    doc = _toml(text, source, lines)
+    p = _Parser(source, lines)
     p.unknown_keys(doc)
     defs = p.stacks(p.table(doc, "stacks"))
     locked = p.lock(p.table(doc, "lock"))
@@ -322,22 +301,79 @@ def parse_policy(text: str, source: str) -> Policy:
                   no_new_privs, description)
 
 
+#: Larger files are refused unread. Policies take a few hundred bytes, and tomllib may take
+#: 500 times the text (a table per two bytes, ``[t1.a.b]`` ...: 450 MB for 1 MiB).
+MAX_SIZE = 64 << 10
+_TOO_LARGE = f"larger than {MAX_SIZE >> 10} KiB"
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refused(st: os.stat_result) -> str | None:
+    """Why the file ``st`` describes is not read, or None."""
+    if stat.S_ISDIR(st.st_mode):
+        return os.strerror(errno.EISDIR)
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "special")
+        return f"not a regular file ({kind})"
+    return _TOO_LARGE if st.st_size > MAX_SIZE else None
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    """The bytes of ``fd`` up to its end or ``size`` bytes, whichever comes first."""
+    chunks: list[bytes] = []
+    left = size
+    while left > 0 and (chunk := os.read(fd, left)):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _cannot_read(path: str, reason: str) -> PolicyError:
+    return PolicyError([f"{_shown(path)}: cannot read: {reason}"])
+
+
+def _read(path: str) -> bytes:
+    """The bytes of the regular file ``path``; :class:`PolicyError` ``FILE: cannot read``.
+
+    O_NONBLOCK, as open(2) of a FIFO would wait for a writer; fstat(2) before any read, so
+    that a FIFO, a terminal or /dev/zero is refused rather than read; never more than
+    MAX_SIZE + 1 bytes, as a file may grow after fstat(2) (and a /proc file says size 0).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _cannot_read(path, e.strerror or str(e)) from None
+    except ValueError as e:  # a NUL in the path
+        raise _cannot_read(path, str(e)) from None
+    try:
+        reason = _refused(os.fstat(fd))
+        data = _read_at_most(fd, MAX_SIZE + 1) if reason is None else b""
+    except OSError as e:  # EIO, EISDIR, EINVAL of a file that says it is regular
+        raise _cannot_read(path, e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+    if reason is None and len(data) > MAX_SIZE:
+        reason = _TOO_LARGE
+    if reason is not None:
+        raise _cannot_read(path, reason)
+    return data
+
+
 def load_policy(path: str) -> Policy:
     """Read and parse the policy file ``path``; raises :class:`PolicyError` with every error.
 
-    A file that cannot be read has no line: its error is ``FILE: message``.
+    A file that cannot be read has no line: its error is ``FILE: message``. A ``path`` that
+    does not print on one line is quoted in messages.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise PolicyError([f"{path}: cannot read: {e.strerror}"]) from None
+    data = _read(path)
+    source = _shown(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise PolicyError([f"{path}:{line}: not UTF-8 text"]) from None
-    return parse_policy(text, path)
+        raise PolicyError([f"{source}:{line}: not UTF-8 text"]) from None
+    return parse_policy(text, source)
 
 
 def check_policy(path: str) -> list[str]:

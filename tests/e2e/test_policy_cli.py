@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -107,6 +108,65 @@ def test_check_policy_of_an_unreadable_file(tmp: Path) -> None:
     cp = mstack("--check-policy", path)
     assert cp.returncode == 2
     assert cp.stderr.startswith(f"{path}: cannot read"), cp.stderr
+
+
+# --- hostile files: one line, exit 2, never a traceback -------------------------------------
+
+HOSTILE = {  # each: the text, and the line of its one error
+    "multi-line string": ("description = '''\nhe said \"\"\"\n\"\\q\" = 1\n'''\n"
+                          "[families]\nfoo = \"null\"\n", 6),
+    "deep arrays": ("# 500 deep\nx = " + "[" * 500 + "]" * 500 + "\n", 2),
+    "long dotted key": ("a." * 20000 + "a = 1\n", 1),
+    "long integer": ("x = 1" + "0" * 5000 + "\n", 1),
+}
+
+
+def policy_command(how: str, path: str, marker: Path) -> list[str]:
+    """``mstack --check-policy`` or ``--policy``, with at most 1 GB of address space."""
+    mstack_args = ["--check-policy", path] if how == "check" else ["--policy", path, "touch",
+                                                                    str(marker)]
+    return ["bash", "-c", 'ulimit -v 1000000 && exec "$@"', "bash", MSTACK, *mstack_args]
+
+
+def assert_one_error_line(cp: subprocess.CompletedProcess[str], path: str,
+                          line: int | None) -> None:
+    """Exit 2 and exactly one ``[mstack: ]FILE:LINE: message`` (``FILE: message``) line."""
+    assert "Traceback" not in cp.stderr, cp.stderr
+    assert cp.returncode == 2, cp.stderr
+    lines = cp.stderr.splitlines()
+    assert len(lines) == 1, cp.stderr
+    where = re.escape(path) + ("" if line is None else f":{line}")
+    assert re.match(rf"(?:mstack: )?{where}: \S", lines[0]), lines
+
+
+@pytest.mark.parametrize("how", ["check", "run"])
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_text_is_one_error_line(tmp: Path, name: str, how: str) -> None:
+    text, line = HOSTILE[name]
+    path = write(tmp, "hostile.toml", text)
+    cp = run(policy_command(how, path, tmp / "ran"))
+    assert_one_error_line(cp, path, line)
+    assert not (tmp / "ran").exists()
+
+
+@pytest.mark.parametrize("how", ["check", "run"])
+def test_dev_zero_under_a_memory_limit(tmp: Path, how: str) -> None:
+    """/dev/zero was read until MemoryError; it is refused unread."""
+    cp = run(policy_command(how, "/dev/zero", tmp / "ran"))
+    assert_one_error_line(cp, "/dev/zero", None)
+    assert "not a regular file" in cp.stderr
+    assert not (tmp / "ran").exists()
+
+
+@pytest.mark.parametrize("how", ["check", "run"])
+def test_fifo_without_a_writer(tmp: Path, how: str) -> None:
+    """open(2) of a FIFO waits for a writer, unless O_NONBLOCK: no hang."""
+    fifo = tmp / "policy.fifo"
+    os.mkfifo(fifo)
+    cp = run(policy_command(how, str(fifo), tmp / "ran"), timeout=10)
+    assert_one_error_line(cp, str(fifo), None)
+    assert "not a regular file (a FIFO)" in cp.stderr
+    assert not (tmp / "ran").exists()
 
 
 # --- --policy: errors, and nothing runs ---------------------------------------------------

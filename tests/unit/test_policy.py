@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
+import re
+import socket
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from mstack_bpf import policy, tomlscan
 from mstack_bpf.errors import EXIT_FAILED, EXIT_USAGE, StackError
 from mstack_bpf.families import (
     AF_BLUETOOTH,
@@ -21,6 +26,7 @@ from mstack_bpf.families import (
 )
 from mstack_bpf.model import NATIVE, NULL, Stack, StackKind
 from mstack_bpf.policy import (
+    MAX_SIZE,
     Policy,
     PolicyError,
     check_policy,
@@ -29,6 +35,7 @@ from mstack_bpf.policy import (
     open_policy,
     parse_policy,
 )
+from mstack_bpf.tomlscan import MAX_DEPTH, MAX_KEY_PARTS
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 IP = {AF_INET, AF_INET6, AF_NETLINK, AF_PACKET}
@@ -285,6 +292,148 @@ def test_policy_error_is_a_usage_error() -> None:
     assert str(info.value) == "\n".join(info.value.errors)
 
 
+# --- hostile text: only ever PolicyError, one line per error --------------------------------
+
+
+def raw_errors(text: str) -> list[str]:
+    """The errors of ``text`` as it is (no dedent), each checked to be one line."""
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, SRC)
+    assert all(e.startswith(f"{SRC}:") and "\n" not in e for e in info.value.errors)
+    return info.value.errors
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # what looks like a multi-line string's end, in a multi-line string of the other kind
+    ("description = '''\nhe said \"\"\"\n\"\\q\" = 1\n'''\n[families]\nfoo = \"null\"\n",
+     ["p.toml:6: [families] foo: unknown family: 'foo'"]),
+    ("description = \"\"\"\nit's '''\n\"\"\"\n[families]\nfoo = \"null\"\n",
+     ["p.toml:5: [families] foo: unknown family: 'foo'"]),
+    # an escaped quote and two more: the string goes on
+    ('[families]\ns = """ \\""" ip = "null"\n[lock]\n"""\nfoo = "null"\n',
+     ["p.toml:2: [families] s: unknown family: 's'", "p.toml:2: [families] s: undefined stack",
+      "p.toml:5: [families] foo: unknown family"]),
+    # a delimiter in a one-line string or a comment opens nothing
+    ("a = \"'''\"\n[families]\n\"\\u0069p\" = \"bogus\"\n",
+     ["p.toml:1: unknown key 'a'", "p.toml:3: [families] ip: undefined stack 'bogus'"]),
+    ("[families] # '''\nfoo = \"null\"\n", ["p.toml:2: [families] foo: unknown family"]),
+    # str.splitlines() ends a line at U+2028 and U+0085, TOML does not
+    ('# \u2028"\\q" = 1\n[families]\nfoo = "null"\n', ["p.toml:3: [families] foo: unknown"]),
+    ('d = "\x85[lock]"\n\n[families]\nfoo = "null"\n',
+     ["p.toml:1: unknown key 'd'", "p.toml:4: [families] foo: unknown family"]),
+    # an array holding an array is no [table]
+    ('[families]\nx = [\n[1]\n]\nip = "bogus"\n', ["p.toml:2: [families] x: unknown family",
+                                                  "p.toml:2: [families] x: a stack name must",
+                                                  "p.toml:5: [families] ip: undefined stack"]),
+    ('a = 1\n[[stacks]]\nx = "y"\n', ["p.toml:1: unknown key 'a'",
+                                      "p.toml:2: stacks must be a table, not an array"]),
+    ('[families]\r\n\r\nfoo = "null"\r\n', ["p.toml:3: [families] foo: unknown family"]),
+])
+def test_strings_and_comments_do_not_confuse_lines(text: str, expected: list[str]) -> None:
+    found = raw_errors(text)
+    assert len(found) == len(expected), found
+    assert all(f.startswith(e) for f, e in zip(found, expected, strict=True)), found
+
+
+def test_array_items_have_their_own_lines() -> None:
+    found = errors("""\
+        [lock]
+        families = [
+          "ip",  # "wat"
+          '''wat''', 1, ["x"],
+          "wat",
+        ]
+        """)
+    assert [e.split(": ", 1)[0] for e in found] == ["p.toml:2", "p.toml:2", "p.toml:4",
+                                                    "p.toml:5"], found
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("x = " + "[" * 500 + "]" * 500 + "\n", 1),
+    ("x = " + "{a = " * 500 + "}" * 500 + "\n", 1),
+    ("x = " + "[" * 500 + "\n", 1),
+    ("[options]\nno_new_privs = true\nx = [\n" + "[{a = " * (MAX_DEPTH // 2) + "\n", 4),
+])
+def test_deep_nesting_is_an_error_not_a_recursion_error(text: str, line: int) -> None:
+    assert raw_errors(text) == [f"p.toml:{line}: TOML: arrays or inline tables nested deeper"
+                                f" than {MAX_DEPTH}"]
+
+
+def test_deep_nesting_within_the_limit() -> None:
+    [found] = raw_errors("x = " + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "\n")
+    assert found.startswith("p.toml:1: unknown key 'x'")
+
+
+def test_recursion_error_is_a_policy_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tomllib's own RecursionError (were MAX_DEPTH too high) has its line too."""
+    monkeypatch.setattr(tomlscan, "MAX_DEPTH", 10**6)
+    text = "\n\nx = [[" + "[" * 2000 + "]" * 2002 + "\n"
+    assert raw_errors(text) == ["p.toml:3: TOML: arrays or inline tables nested too deep"]
+
+
+@pytest.mark.parametrize("text", [
+    "a." * 20000 + "a = 1\n",
+    "x = {" + "a." * 20000 + "a = 1}\n",
+    "[" + "a . " * 20000 + "a]\n",
+    "[[" + '"a".' * 20000 + "a]]\n",
+])
+def test_long_dotted_keys_are_refused_before_tomllib(text: str) -> None:
+    """tomllib takes time quadratic in a key's parts: 20000 took 6 s and 1.5 GB."""
+    start = time.monotonic()
+    assert raw_errors(text) == [f"p.toml:1: TOML: a dotted key of more than {MAX_KEY_PARTS}"
+                                " parts"]
+    assert time.monotonic() - start < 2
+
+
+def test_dotted_keys_within_the_limit() -> None:
+    key = ".".join(["lock"] + ["a"] * (MAX_KEY_PARTS - 1))
+    assert raw_errors(f"{key} = 1\n") == ["p.toml:1: [lock] unknown key 'a' (known: families)"]
+
+
+def test_long_integers() -> None:
+    """int() refuses more than 4300 digits (ValueError); hex integers and floats have none."""
+    found = raw_errors("# 1" + "1" * 5000 + "\nh = 0x" + "f" * 5000 + "\n"
+                       "f = 1" + "1" * 5000 + ".5\ni = " + "1_" * 5000 + "1\n")
+    assert found == ["p.toml:4: TOML: an integer of more than 4300 digits"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[families]\n"#' + "1" * 5000 + '" = "null"\n', "p.toml:2: [families] #111"),
+    ('[lock]\nfamilies = ["#' + "0" * 5000 + '1"]\n', "p.toml:2: [lock] families: "),
+])
+def test_long_family_numbers(text: str, expected: str) -> None:
+    [found] = raw_errors(text)
+    assert found.startswith(expected) and "family number too long: '#" in found, found[:100]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[families]\n"foo\\nbar" = "null"\n',
+     "p.toml:2: [families] 'foo\\nbar': unknown family: 'foo\\nbar'"),
+    ('[stacks]\n"a\\u2028b" = "x"\n', "p.toml:2: [stacks] 'a\\u2028b': a stack name is"),
+    ('[stacks]\nx = "/run/netns/a\\u0000b"\n',
+     "p.toml:2: [stacks] x: '/run/netns/a\\x00b': a stack reference is printable text"),
+    ('[stacks]\nx = "a\\nb"\n', "p.toml:2: [stacks] x: 'a\\nb': a stack reference is"),
+])
+def test_unprintable_keys_and_references(text: str, expected: str) -> None:
+    """Each error stays on one line, and no NUL reaches open(2) (ValueError) at run time."""
+    assert raw_errors(text)[0].startswith(expected)
+
+
+_PIECES = ["'''", '"""', '\\"', "\\", "#", "[x]", "[[", "]]", "{", "}", "a = 1", "=", ".", ",",
+           "'", '"', "\n", "\r", "\u2028", "\x85", "\x00", "\ufeff", "é", "[stacks]",
+           "[families]", "ip", '"ip"', "1" * 5000, "0x", "[" * 40, "a." * 40, " ", "\t"]
+
+
+def test_garbage_raises_only_policy_errors() -> None:
+    rng = random.Random(12)
+    for _ in range(2000):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randrange(30)))
+        try:
+            parse_policy(text, SRC)
+        except PolicyError as e:
+            assert all(x.startswith(f"{SRC}:") and "\n" not in x for x in e.errors), e.errors
+
+
 # --- files --------------------------------------------------------------------------------
 
 
@@ -313,6 +462,62 @@ def test_not_utf8(tmp_path: Path) -> None:
     f = tmp_path / "latin1.toml"
     f.write_bytes(b'[families]\n\n# caf\xe9\n')
     assert check_policy(str(f)) == [f"{f}:3: not UTF-8 text"]
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)), b"\x00" * 100, b"\xef\xbb\xbfx = 1\n",
+                                  b"\x7fELF\x02\x01\x01" + bytes(100), b"a = \x07\n"])
+def test_binary_garbage(tmp_path: Path, data: bytes) -> None:
+    f = tmp_path / "garbage.toml"
+    f.write_bytes(data)
+    [found] = check_policy(str(f))
+    assert re.match(rf"{re.escape(str(f))}:\d+: \S", found), found
+
+
+@pytest.mark.timeout(10)
+def test_special_files_are_not_read(tmp_path: Path) -> None:
+    """A FIFO without a writer would block open(2); /dev/zero would be read forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert check_policy(str(fifo)) == [f"{fifo}: cannot read: not a regular file (a FIFO)"]
+    assert check_policy("/dev/null") == [
+        "/dev/null: cannot read: not a regular file (a character device)"]
+    sock = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        assert check_policy(str(sock)) == [f"{sock}: cannot read: No such device or address"]
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    f = tmp_path / "big.toml"
+    f.write_text("#" * (MAX_SIZE - 1) + "\n")
+    assert check_policy(str(f)) == []
+    f.write_text("#" * MAX_SIZE + "\n")
+    assert check_policy(str(f)) == [f"{f}: cannot read: larger than {MAX_SIZE >> 10} KiB"]
+
+
+def test_size_limit_while_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grew after fstat(2), or whose size says 0 (/proc), is read no further."""
+    monkeypatch.setattr(policy, "_refused", lambda st: None)
+    f = tmp_path / "big.toml"
+    f.write_text("#" * MAX_SIZE * 3)
+    asked: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        asked.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
+    assert check_policy(str(f)) == [f"{f}: cannot read: larger than {MAX_SIZE >> 10} KiB"]
+    assert 0 < sum(asked) <= MAX_SIZE + 1
+
+
+def test_odd_paths(tmp_path: Path) -> None:
+    assert check_policy("a\0b") == ["'a\\x00b': cannot read: embedded null byte"]
+    f = tmp_path / "new\nline.toml"
+    f.write_text("\nbogus = 1\n")
+    [found] = check_policy(str(f))
+    assert found.startswith(f"{str(f)!r}:2: unknown key 'bogus'")
 
 
 # --- stacks at run time -------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``mstack``: run a command with the sockets of chosen address families in another stack.
 
 A thin click layer over :func:`mstack_bpf.launcher.run`; the only place where errors become
-one line on stderr and an exit code.
+one line on stderr and an exit code (click's usage errors included: ``mstack: MESSAGE (see
+mstack --help)``, exit 2).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import click
 
 from mstack_bpf import __version__
 from mstack_bpf.errors import (
+    EXIT_FAILED,
     EXIT_USAGE,
     CommandNotExecutable,
     CommandNotFound,
@@ -22,7 +24,7 @@ from mstack_bpf.errors import (
 )
 from mstack_bpf.families import ALL_FAMILIES, FamilyListError, apply_list, parse_lists
 from mstack_bpf.launcher import RunConfig, find_command, open_stacks, run
-from mstack_bpf.model import Mapping
+from mstack_bpf.model import Mapping, Stack
 from mstack_bpf.resolve import open_stack, resolve
 
 EPILOG = """\b
@@ -100,11 +102,9 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
         _check_policy(check_file, verbose)
     if policy_file is not None:
         _run_policy(policy_file, families, verbose, lock, no_new_privs, not no_colocate, args)
-    if len(args) < 2:
-        raise click.UsageError("missing STACK" if not args else "missing COMMAND")
-    stack, command = args[0], args[1:]
+    stack, command = _stack_and_command(args)
     chosen = parse_lists(families)
-    mapping = Mapping().with_families(chosen, resolve(stack))
+    mapping = Mapping().with_families(chosen, _resolve(stack))
     if lock:
         mapping = mapping.locked_all()
     config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping), chosen,
@@ -113,6 +113,39 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
         for line in mapping.describe():
             click.echo(f"mstack: {line}", err=True)
     run(config)
+
+
+def _stack_and_command(args: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Split STACK COMMAND [ARG]...; a ``--`` right after STACK ends mstack's options.
+
+    click stops looking for options at STACK (``allow_interspersed_args=False``, so that
+    COMMAND's options stay COMMAND's) and therefore takes a ``--`` after it for an argument;
+    getopt(3) users expect it to end the options there as it does before STACK.
+    """
+    if not args:
+        raise click.UsageError("missing STACK")
+    stack, command = args[0], args[1:]
+    if command[:1] == ("--",):
+        command = command[1:]
+    if not stack:
+        raise click.BadParameter("empty stack name", param_hint="'STACK'")
+    if not command:
+        raise click.UsageError("missing COMMAND")
+    return stack, command
+
+
+def _resolve(name: str) -> Stack:
+    """:func:`resolve`, saying in the hint when the caller's rootless state directory was
+    refused (another user's, a symlink, open to others): its stacks were not looked up."""
+    try:
+        return resolve(name)
+    except StackError as e:
+        from mstack_bpf.stacks.paths import unsafe_user_base, valid_name
+
+        unsafe = unsafe_user_base() if valid_name(name) else None  # a path is never looked up
+        if unsafe is None:
+            raise
+        raise StackError(str(e), hint=f"{unsafe}; no stack of yours is looked up there") from None
 
 
 def _check_policy(path: str, verbose: int) -> NoReturn:
@@ -169,16 +202,35 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
     run(config)
 
 
+def _usage_line(err: click.UsageError) -> str:
+    """click's usage error as one line: its message, and where the help is."""
+    lines = [line.strip() for line in err.format_message().splitlines() if line.strip()]
+    text = "; ".join(lines).rstrip(".") or "usage error"
+    if text[:1].isupper() and text[1:2].islower():  # "No such option" but not "STACK"
+        text = text[0].lower() + text[1:]
+    return f"mstack: {text} (see mstack --help)"
+
+
 def main() -> NoReturn:
     try:
-        mstack.main(standalone_mode=True)
+        # not standalone: click would print four lines (usage, "Try", blank, "Error:")
+        rv = mstack.main(prog_name="mstack", standalone_mode=False)
+    except click.UsageError as e:
+        click.echo(_usage_line(e), err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as e:
+        click.echo(f"mstack: {e.format_message()}", err=True)
+        sys.exit(EXIT_FAILED)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("mstack: interrupted", err=True)
+        sys.exit(130)
     except MstackError as e:
         for line in str(e).splitlines() or [""]:  # a PolicyError has one line per error
             click.echo(f"mstack: {line}", err=True)
         if e.hint:
             click.echo(f"mstack: hint: {e.hint}", err=True)
         sys.exit(e.exit_code)
-    sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

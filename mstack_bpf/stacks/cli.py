@@ -1,13 +1,15 @@
 """``mstack-stack``: create, list and remove stacks (network namespaces) for mstack.
 
 The only place where errors become a line on stderr and an exit code: 0 success, 2 usage,
-125 failure (DESIGN §5). See mstack-stack(1).
+125 failure (DESIGN §5); a usage error too is one line, ``mstack-stack: MESSAGE (see
+mstack-stack add --help)``. See mstack-stack(1).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -69,7 +71,53 @@ def _fail(err: BaseException) -> NoReturn:
     sys.exit(EXIT_USAGE if usage else EXIT_FAILURE)
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+def usage_line(prog: str, err: click.UsageError) -> str:
+    """click's usage error as one line: its message, and where the help is."""
+    lines = [line.strip() for line in err.format_message().splitlines() if line.strip()]
+    text = "; ".join(lines).rstrip(".") or "usage error"
+    if text[:1].isupper() and text[1:2].islower():  # "No such option" but not "NAME"
+        text = text[0].lower() + text[1:]
+    where = err.ctx.command_path if err.ctx is not None else prog
+    return f"{prog}: {text} (see {where} --help)"
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors are one line on stderr (exit 2), not click's four."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        kwargs.setdefault("prog_name", "mstack-stack")
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            click.echo(usage_line("mstack-stack", e), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            click.echo(f"mstack-stack: {e.format_message()}", err=True)
+            sys.exit(EXIT_FAILURE)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("mstack-stack: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _refuse_unsafe_base(name: str | None = None) -> None:
+    """Fail when the caller's rootless state directory exists but is not safely theirs (e.g.
+    planted in /tmp by another user), rather than showing it as empty. Root, and a root
+    stack's NAME, never use that directory."""
+    if os.geteuid() == 0 or (name is not None and os.path.lexists(paths.root_netns_path(name))):
+        return
+    err = paths.unsafe_user_base()
+    if err is not None:
+        _fail(err)
+
+
+@click.group(
+    cls=OneLineErrors,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=False,  # no COMMAND is a usage error ("missing command"), not a help page
+)
 def main() -> None:
     """Create, list and remove network stacks (namespaces) for mstack."""
 
@@ -124,6 +172,7 @@ def _describe(net: str, backend: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array with every field.")
 def list_cmd(as_json: bool) -> None:
     """Show stacks: type, addresses, DNS, helper pids, processes using them."""
+    _refuse_unsafe_base()
     try:
         infos = manage.list_stacks()
     except (StackError, OSError) as e:
@@ -148,6 +197,7 @@ def list_cmd(as_json: bool) -> None:
 @click.argument("name", type=NameType())
 def del_cmd(name: str) -> None:
     """Remove stack NAME and everything it started (a missing stack is not an error)."""
+    _refuse_unsafe_base(name)
     try:
         manage.delete(name)
     except (StackError, OSError) as e:
@@ -158,6 +208,7 @@ def del_cmd(name: str) -> None:
 @click.argument("name", type=NameType())
 def dns(name: str) -> None:
     """Print the resolver address that works from inside stack NAME."""
+    _refuse_unsafe_base(name)
     try:
         addr = manage.dns(name)
     except (StackError, OSError) as e:
@@ -171,6 +222,7 @@ def dns(name: str) -> None:
 @click.argument("name", type=NameType())
 def path(name: str) -> None:
     """Print a path that opens stack NAME's network namespace."""
+    _refuse_unsafe_base(name)
     try:
         click.echo(manage.netns_path(name))
     except (StackError, OSError) as e:

@@ -1,10 +1,12 @@
-"""The command line: usage, version, errors with env(1)'s exit codes, -v, and --lock."""
+"""The command line: usage, version, errors with env(1)'s exit codes, -v, --lock, and a refused
+rootless state directory."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,13 +67,13 @@ def test_version_names_this_mstack_not_view_os() -> None:
 def test_no_arguments_is_a_usage_error() -> None:
     cp = mstack()
     assert cp.returncode == 2
-    assert "Usage:" in cp.stderr
+    assert cp.stderr == "mstack: missing STACK (see mstack --help)\n"  # one line (README)
 
 
 def test_stack_without_command_is_a_usage_error(netns: Netns) -> None:
     cp = mstack(netns.name)
     assert cp.returncode == 2
-    assert "COMMAND" in cp.stderr
+    assert cp.stderr == "mstack: missing COMMAND (see mstack --help)\n"
 
 
 def test_options_after_the_command_are_the_command_s(netns: Netns) -> None:
@@ -88,7 +90,7 @@ def test_bad_family_is_a_usage_error_naming_the_item(netns: Netns, tmp: Path, it
     cp = mstack("-o", item, netns.name, *touch_command(marker))
     assert cp.returncode == 2, cp.stderr
     bad = item.split(",")[-1].lstrip("+-")
-    assert bad in cp.stderr, cp.stderr
+    assert bad in cp.stderr and len(cp.stderr.splitlines()) == 1, cp.stderr
     assert not marker.exists()
 
 
@@ -255,3 +257,78 @@ def test_nested_mstack_under_lock_exits_125_and_runs_nothing(netns: Netns, tmp: 
     assert cp.returncode == 125, cp.stderr
     assert cp.stderr.startswith("mstack: ") and "lock" in cp.stderr  # names the lock
     assert not marker.exists()
+
+
+# --- a refused rootless state directory (another user's, or open to others) --------------
+
+MSTACK_STACK = shutil.which("mstack-stack", path="/usr/local/bin") or "mstack-stack"
+NOBODY = 65534
+
+
+@pytest.fixture
+def xdg() -> Iterator[Path]:
+    """A private XDG_RUNTIME_DIR (never the real /tmp/mstack-UID) under a directory that
+    nobody, too, can traverse."""
+    with tempfile.TemporaryDirectory(prefix="mstack-xdg-") as d:
+        os.chmod(d, 0o755)
+        runtime = Path(d) / "xdg"
+        runtime.mkdir(mode=0o700)
+        yield runtime
+
+
+def _squat(base: Path, owner: int) -> None:
+    """What another user would leave: a live-looking record under a directory of theirs."""
+    (base / "mine").mkdir(parents=True)
+    me = os.getpid()
+    (base / "mine" / "state.json").write_text(
+        f'{{"holder_pid": {me}, "netns_inode": {os.stat(f"/proc/{me}/ns/net").st_ino}}}')
+    base.chmod(0o700)
+    os.chown(base, owner, owner)
+
+
+def _env(xdg: Path) -> dict[str, str]:
+    return {"PATH": SAFE_PATH, "XDG_RUNTIME_DIR": str(xdg)}
+
+
+def test_squatted_state_dir_is_not_used_and_the_hint_says_why(xdg: Path, tmp: Path) -> None:
+    _squat(xdg / "mstack", NOBODY)
+    marker = tmp / "ran"
+    cp = mstack("mine", *touch_command(marker), env=_env(xdg))
+    assert cp.returncode == 125, cp.stderr
+    assert cp.stderr.splitlines() == [
+        "mstack: mine: no such stack (not in /run/netns, not a stack of yours)",
+        f"mstack: hint: refusing state directory {xdg}/mstack: owned by uid {NOBODY}, not 0; "
+        "no stack of yours is looked up there",
+    ]
+    assert not marker.exists()
+
+
+def test_symlinked_state_dir_is_not_followed(xdg: Path, tmp: Path) -> None:
+    real = tmp / "real"
+    _squat(real, 0)  # a private directory of root's own: still not reached through a link
+    (xdg / "mstack").symlink_to(real)
+    cp = mstack("mine", "true", env=_env(xdg))
+    assert cp.returncode == 125, cp.stderr
+    assert cp.stderr.splitlines()[1].endswith(f"{xdg}/mstack: a symbolic link; "
+                                              "no stack of yours is looked up there")
+
+
+def _as_nobody(xdg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
+                f"PATH={SAFE_PATH}", f"XDG_RUNTIME_DIR={xdg}", MSTACK_STACK, *args])
+
+
+@pytest.mark.parametrize("mode", ["root's", "0777"])
+def test_mstack_stack_refuses_a_squatted_state_dir(xdg: Path, mode: str) -> None:
+    os.chown(xdg, NOBODY, NOBODY)
+    base = xdg / "mstack"
+    _squat(base, 0 if mode == "root's" else NOBODY)
+    if mode == "0777":
+        base.chmod(0o777)
+    why = "owned by uid 0, not 65534" if mode == "root's" else "mode 777 allows other users"
+    line = f"mstack-stack: refusing state directory {base}: {why}"
+    for args in (["add", "mstk-squat"], ["list"], ["del", "mine"], ["dns", "mine"],
+                 ["path", "mine"]):
+        cp = _as_nobody(xdg, *args)
+        assert (cp.returncode, cp.stdout, cp.stderr) == (125, "", line + "\n"), args
+    assert sorted(p.name for p in base.iterdir()) == ["mine"]  # nothing made, nothing removed

@@ -15,7 +15,7 @@ from mstack_bpf.factory import StackSockets
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import fs, netns
 from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
-from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, _user_stack
+from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, user_stack
 from mstack_bpf.targetview import TargetView, canonical
 
 CAP_SYS_ADMIN = 21
@@ -98,7 +98,8 @@ class StackRegistry:
         if ino in self._by_ino:
             os.close(fd)
             return self._permit(self._by_ino[ino].stack)
-        if self._nameable is not None or not self._may_name(fd, creds_mod.read_creds(tid)):
+        if self._nameable is not None or not (
+                _is_own(ino, tid) or self._may_name(fd, creds_mod.read_creds(tid))):
             os.close(fd)
             raise OSError(errno.EACCES, f"{name}: not a stack this process may name")
         if not still_valid():
@@ -129,7 +130,7 @@ class StackRegistry:
         if "/" in name:
             return [(name, lambda: view.open_relative(name))]
         found = [(name, lambda: view.open(f"{NETNS_RUN_DIR}/{name}"))]
-        user = _user_stack(name)  # the caller's rootless stacks, where mstack-stack keeps them
+        user = _callers_user_stack(name, tid)
         return [*found, (user, lambda: fs.open_path(user))] if user else found
 
     @staticmethod
@@ -180,6 +181,28 @@ class StackRegistry:
     def close(self) -> None:
         for item in self._by_ino.values():
             os.close(item.fd)
+
+
+def _callers_user_stack(name: str, tid: int) -> str | None:
+    """The caller's own rootless stack ``name``, where mstack-stack keeps it for the
+    caller's real uid and (initial) ``XDG_RUNTIME_DIR``: not ours, when we are root."""
+    try:
+        uid = creds_mod.read_creds(tid).uids[0]
+        with open(f"/proc/{tid}/environ", "rb") as f:  # slow lane: may wait on its memory
+            environ = f.read(1 << 20).split(b"\0")
+    except OSError:
+        return None
+    xdg = next((e[16:] for e in environ if e.startswith(b"XDG_RUNTIME_DIR=")), None)
+    env = {} if xdg is None else {"XDG_RUNTIME_DIR": os.fsdecode(xdg)}
+    return user_stack(name, uid, env)
+
+
+def _is_own(ino: int, tid: int) -> bool:
+    """The namespace is the caller's own current one: it is in it already."""
+    try:
+        return os.stat(f"/proc/{tid}/ns/net").st_ino == ino
+    except OSError:
+        return False
 
 
 def _exists(opener: Callable[[], int]) -> bool:

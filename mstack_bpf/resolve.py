@@ -8,6 +8,7 @@ Order: the reserved names ``null`` and ``native`` (also ``/dev/net/null`` and
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mstack_bpf.errors import StackError
@@ -18,12 +19,15 @@ NETNS_RUN_DIR = "/run/netns"
 _RESERVED = {"null": NULL, "native": NATIVE}
 
 
-def _user_stack(name: str) -> str | None:
+def user_stack(name: str, uid: int | None = None,
+               environ: Mapping[str, str] | None = None) -> str | None:
+    """The namespace path of user ``uid``'s (default: ours) live rootless stack ``name``,
+    looked up where ``mstack-stack`` keeps it for that user and environment; or None."""
     try:
         from mstack_bpf.stacks.paths import resolve_user_stack
     except ImportError:  # pragma: no cover - stack management not installed
         return None
-    return resolve_user_stack(name)
+    return resolve_user_stack(name, uid=uid, environ=environ)
 
 
 def resolve(name: str) -> Stack:
@@ -39,7 +43,7 @@ def resolve(name: str) -> Stack:
     run_path = os.path.join(NETNS_RUN_DIR, name)
     if os.path.lexists(run_path):
         return Stack(StackKind.NETNS, name, run_path)
-    user_path = _user_stack(name)
+    user_path = user_stack(name)
     if user_path is not None:
         return Stack(StackKind.NETNS, name, user_path)
     raise StackError(

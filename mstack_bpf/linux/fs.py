@@ -48,7 +48,7 @@ class _OpenHow(ctypes.Structure):
 
 def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
-    fd: int = _syscall(ctypes.c_long(NR_openat2), ctypes.c_int(dir_fd), path.encode(),
+    fd: int = _syscall(ctypes.c_long(NR_openat2), ctypes.c_int(dir_fd), os.fsencode(path),
                        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd < 0:
         raise SyscallError(ctypes.get_errno(), "openat2", path)
@@ -174,7 +174,7 @@ class MountedInode(NamedTuple):
 def mounted_inode(path: str) -> MountedInode:
     """``statx(2)`` mount id, device and inode of ``path`` (symlinks followed)."""
     buf = ctypes.create_string_buffer(256)  # struct statx
-    if _syscall(ctypes.c_long(NR_statx), ctypes.c_int(AT_FDCWD), path.encode(),
+    if _syscall(ctypes.c_long(NR_statx), ctypes.c_int(AT_FDCWD), os.fsencode(path),
                 ctypes.c_int(0), ctypes.c_uint(STATX_INO | STATX_MNT_ID), buf) < 0:
         raise SyscallError(ctypes.get_errno(), "statx", path)
     mask, = struct.unpack_from("=I", buf, 0)

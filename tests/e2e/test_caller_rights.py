@@ -178,3 +178,30 @@ def test_socket_carries_the_callers_cgroup(netns: Netns, cgroup_rule: str) -> No
     assert under.stdout.strip() == "EPERM", under.stderr
     # the rule is the cgroup's: outside it the same send goes out
     assert mstack("-o", "4", netns.name, PYTHON, "-c", SEND).stdout.strip() == "sent"
+
+
+MSOCKET = ("import socket,struct,sys,mstack_bpf;"
+           "s=mstack_bpf.msocket(sys.argv[1].encode('utf-8','surrogateescape'),socket.AF_INET);"
+           "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
+VENV_PYTHON = "/opt/mstack/bin/python"  # has mstack_bpf, and nobody may run it
+
+
+def test_unprivileged_caller_may_name_its_own_namespace(netns: Netns) -> None:
+    """/proc/self/ns/net is where the caller is already: no claim to check (it was EACCES
+    for a non-root caller, though 'native' worked)."""
+    host = subprocess.run([PYTHON, "-c", "import socket,struct;s=socket.socket();"
+                           "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    cp = mstack("-o", "4", netns.name, *NOBODY, VENV_PYTHON, "-c", MSOCKET, "/proc/self/ns/net")
+    assert cp.stdout.strip() == host, cp.stderr
+
+
+def test_msocket_path_with_bytes_that_are_not_utf8(netns: Netns,
+                                                  tmp_path_factory: pytest.TempPathFactory,
+                                                  ) -> None:
+    """Paths are bytes: a link named b'\\xff\\xfe' to the stack names the stack (it was EIO)."""
+    where = tmp_path_factory.mktemp("bytes")
+    os.symlink(netns.path, os.path.join(os.fsencode(where), b"\xff\xfe"))
+    path = os.fsdecode(os.path.join(os.fsencode(where), b"\xff\xfe"))
+    cp = mstack("-o", "4", "native", VENV_PYTHON, "-c", MSOCKET, path)
+    assert cp.stdout.strip() == str(netns.cookie), cp.stderr

@@ -4,8 +4,11 @@ nested table is then unreadable, and the tree's root table must not be taken ins
 
 from __future__ import annotations
 
+import subprocess
+
 from tests.e2e.test_stack_rootless import (  # noqa: F401  (fixtures)
     PY,
+    SETPRIV,
     Nobody,
     _in_stack,
     nobody,
@@ -67,4 +70,20 @@ def test_socketpair_made_in_a_rootless_stack_by_its_helper(nobody: Nobody) -> No
     inside = _in_stack(nobody, holder, PY, "-c", UNIX_COOKIE).stdout.strip()
     under = nobody.run("mstack", "--lock", "-o", "unix", name, PY, "-c", PAIR)
     assert under.stdout.strip() == inside, under.stderr
+    nobody.ok("del", name)
+
+
+def test_own_rootless_stack_by_bare_name_under_a_root_mstack(nobody: Nobody) -> None:  # noqa: F811
+    """A root supervisor looks a bare name up among the *caller's* rootless stacks (where
+    mstack-stack keeps them for its uid and XDG_RUNTIME_DIR), not root's: it was ENOENT."""
+    name = unique()
+    nobody.ok("add", name)
+    inside = _in_stack(nobody, nobody.info(name)["holder_pid"], PY, "-c", COOKIE).stdout.strip()
+    code = (f"import socket,struct,mstack_bpf;s=mstack_bpf.msocket({name!r},socket.AF_INET);"
+            "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
+    env = [f"{k}={v}" for k, v in nobody.env.items()]
+    cp = subprocess.run(["mstack", "-o", "4", "native", *SETPRIV, "env", "-i", *env,
+                         PY, "-c", code], capture_output=True, text=True, timeout=30,
+                        cwd=nobody.home)
+    assert cp.stdout.strip() == inside, cp.stderr
     nobody.ok("del", name)

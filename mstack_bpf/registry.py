@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from mstack_bpf.factory import StackSockets
+from mstack_bpf.fdbudget import FdBudget
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import fs, netns
 from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
@@ -31,7 +32,8 @@ class Located(NamedTuple):
 
 
 class StackRegistry:
-    def __init__(self, opened: Iterable[OpenStack], mapping: Mapping | None = None) -> None:
+    def __init__(self, opened: Iterable[OpenStack], mapping: Mapping | None = None,
+                 budget: FdBudget | None = None) -> None:
         self._by_ino: dict[int, OpenStack] = {}
         self._by_stack: dict[Stack, OpenStack] = {}
         for item in opened:
@@ -39,6 +41,7 @@ class StackRegistry:
         #: under a policy, msocket may name only these (namespaces: those opened at start)
         self._nameable = mapping.nameable() if mapping and mapping.restricted else None
         self._limit = len(self._by_ino) + MAX_NAMED
+        self._budget = budget or FdBudget()
 
     def _add(self, item: OpenStack) -> OpenStack:
         """Register a namespace; an existing entry is never replaced (a target must not be
@@ -105,9 +108,13 @@ class StackRegistry:
         if not still_valid():
             os.close(fd)
             raise OSError(errno.ENOENT, "caller gone")
-        if len(self._by_ino) >= self._limit:  # each is an fd held for the tree's lifetime
+        try:  # each is an fd held for the tree's lifetime
+            if len(self._by_ino) >= self._limit:
+                raise OSError(errno.EAGAIN, "too many stacks named in this tree")
+            self._budget.take("named stacks")
+        except OSError:
             os.close(fd)
-            raise OSError(errno.EAGAIN, "too many stacks named in this tree")
+            raise
         # Named by its inode: the same path may mean another namespace to another process
         # (a mount namespace of its own), so a new namespace never equals a mapped stack.
         stack = Stack(StackKind.NETNS, name, f"netns:[{ino}]")

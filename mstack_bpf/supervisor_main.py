@@ -10,6 +10,7 @@ import socket
 import sys
 
 from mstack_bpf.factory import SocketMaker, StackSockets
+from mstack_bpf.fdbudget import FdBudget
 from mstack_bpf.launcher import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux._ffi import SyscallError
@@ -74,8 +75,8 @@ def _enter_stacks(sockets: StackSockets, config: RunConfig) -> str | None:
 
 
 def _raise_fd_limit() -> None:
-    """Tables, stacks and status files each hold a descriptor: take the hard limit, so that
-    a tree cannot run the supervisor out of them before its own bounds (tables.MAX_TABLES)."""
+    """Tables, stacks and status files each hold a descriptor: take the hard limit (what a
+    tree may make us keep is then bounded by it: fdbudget.py)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -116,8 +117,9 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     if problem:
         channel.send(b"E" + problem.encode())
         return
-    registry = StackRegistry(config.stacks, config.mapping)
-    supervisor = Supervisor(listener, Tables(config.mapping), registry, sockets,
+    budget = FdBudget.of_this_process()
+    registry = StackRegistry(config.stacks, config.mapping, budget)
+    supervisor = Supervisor(listener, Tables(config.mapping, budget), registry, sockets,
                             colocate=synchronous and config.colocate)
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))

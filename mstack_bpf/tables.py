@@ -33,6 +33,7 @@ import errno
 import os
 
 from mstack_bpf.families import ALL_FAMILIES
+from mstack_bpf.fdbudget import FdBudget
 from mstack_bpf.linux import kcmp
 from mstack_bpf.model import Mapping, Stack
 
@@ -57,8 +58,9 @@ def table_key(mapping: Mapping) -> TableKey:
 class Tables:
     """The root table plus every table some process in the tree has set."""
 
-    def __init__(self, root: Mapping) -> None:
+    def __init__(self, root: Mapping, budget: FdBudget | None = None) -> None:
         self.root = root
+        self._budget = budget or FdBudget()
         self._by_marker: dict[str, Mapping] = {}
         self._markers: dict[TableKey, tuple[str, int]] = {}  # key → (link, pinned read end)
         #: thread → (our fd of the marker it had last time, its table), checked with kcmp
@@ -102,6 +104,7 @@ class Tables:
         if key not in self._markers:
             if len(self._markers) >= MAX_TABLES:
                 raise OSError(errno.EAGAIN, "too many distinct default tables in this tree")
+            self._budget.take("stack tables")
             read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             os.close(write_end)  # reads then see EOF: harmless for a program that tries
             link = os.readlink(f"/proc/self/fd/{read_end}")

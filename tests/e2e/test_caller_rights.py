@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -113,10 +114,21 @@ def _received(sock: socket.socket) -> bytes | None:
         return None
 
 
-@pytest.mark.parametrize("mapping", [("--lock",), ("--lock", "-o", "unix"), ("-o", "unix")])
+POLICY = """
+[stacks]
+s = "{name}"
+[families]
+unix = "s"
+[lock]
+families = true
+"""
+
+
+@pytest.mark.parametrize("mapping", [("--lock",), ("--lock", "-o", "unix"), ("-o", "unix"),
+                                     ("--policy",)])
 def test_socketpair_is_made_in_its_familys_stack(netns: Netns, mapping: tuple[str, ...],
                                                  abstract_listener: tuple[socket.socket, str],
-                                                 ) -> None:
+                                                 tmp_path: Path) -> None:
     """A datagram pair of a redirected AF_UNIX can send to (and bind) abstract names of the
     namespace it lives in: it must live in the stack, never in the caller's own."""
     listener, name = abstract_listener
@@ -125,7 +137,13 @@ def test_socketpair_is_made_in_its_familys_stack(netns: Netns, mapping: tuple[st
     native = json.loads(subprocess.run([PYTHON, "-c", probe, escape], capture_output=True,
                                        text=True, timeout=30, check=True).stdout)
     assert native["sendto"] == "sent" and _received(listener) == b"escaped"  # the attack
-    under = _view(mstack(*mapping, netns.name, PYTHON, "-c", probe, escape))
+    if mapping == ("--policy",):  # unix -> the stack, locked, from a policy file
+        policy = tmp_path / "unix.toml"
+        policy.write_text(POLICY.format(name=netns.name))
+        mapping = ("--policy", str(policy))
+        under = _view(mstack(*mapping, PYTHON, "-c", probe, escape))
+    else:
+        under = _view(mstack(*mapping, netns.name, PYTHON, "-c", probe, escape))
     assert under == {"ends": [netns.cookie] * 2, "cloexec": [True, True], "pair": "ping",
                      "sendto": "ECONNREFUSED"}
     assert _received(listener) is None

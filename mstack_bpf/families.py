@@ -82,7 +82,7 @@ def parse_item(item: str) -> frozenset[int]:
         digits = text[1:]
         if not (digits.isascii() and digits.isdigit()):
             raise FamilyListError(item, "not a family number")
-        number = int(digits)
+        number = int(digits) if len(digits) <= 9 else AF_MAX  # int() refuses 4,301 digits
         if not 1 <= number < AF_MAX:
             raise FamilyListError(item, f"family number out of range 1..{AF_MAX - 1}")
         return frozenset({number})

@@ -116,6 +116,8 @@ def test_apply_list_starts_from_all_or_none() -> None:
         ("#", "#"),
         ("#-1", "#-1"),
         ("#1_0", "#1_0"),
+        ("#" + "1" * 5000, "#" + "1" * 5000),  # past int()'s 4,300 digits: no ValueError
+        ("#00000000002", "#00000000002"),
         ("af_inet", "af_inet"),
     ],
 )

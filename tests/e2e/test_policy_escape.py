@@ -408,9 +408,13 @@ def test_unprivileged_target_cannot_reach_its_supervisor(workdir: Path) -> None:
     policy = workdir / "policy.toml"
     shutil.copy(POLICY_DIR / "no-raw-packet.toml", policy)
     policy.chmod(0o644)
+    escape_probe = workdir / "escape_probe.py"  # nobody may not read a clone in a 0700 dir
+    shutil.copy(ESCAPE_PROBE, escape_probe)
+    escape_probe.chmod(0o644)
     token = f"svmem-{uuid.uuid4().hex}"
     cp = run([*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in NOBODY_ENV.items()), MSTACK,
-              "--policy", str(policy), PYTHON, ESCAPE_PROBE, "svmem", token], cwd=str(workdir))
+              "--policy", str(policy), PYTHON, str(escape_probe), "svmem", token],
+             cwd=str(workdir))
     out = lines(cp)
     assert cp.returncode == 0 and out, cp.stderr
     assert out[-1]["found"], out

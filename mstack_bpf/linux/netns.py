@@ -17,13 +17,11 @@ import os
 import socket
 import struct
 
+from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
 from mstack_bpf.linux import fs
 from mstack_bpf.linux._ffi import SyscallError, io, ioctl, ioctl_value, libc
 
 # sched.h
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
 
 # linux/nsfs.h: NSIO = 0xb7
 NS_GET_USERNS = io(0xB7, 0x1)

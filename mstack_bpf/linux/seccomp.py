@@ -10,12 +10,18 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from mstack_bpf.linux import _colocate
 from mstack_bpf.linux._ffi import SyscallError, ioctl, ioctl_value, iow, iowr, raw_ioctl, syscall
 from mstack_bpf.linux.sched import CpuSet
+from mstack_bpf.seccomp.program import (
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_ERRNO,
+    SECCOMP_RET_KILL_PROCESS,
+    SECCOMP_RET_USER_NOTIF,
+    Instruction,
+)
 
 NR_seccomp = 317
 
@@ -23,23 +29,11 @@ SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_GET_ACTION_AVAIL = 2
 SECCOMP_GET_NOTIF_SIZES = 3
 
-SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
-
-SECCOMP_RET_KILL_PROCESS = 0x80000000
-SECCOMP_RET_TRAP = 0x00030000
-SECCOMP_RET_ERRNO = 0x00050000
-SECCOMP_RET_USER_NOTIF = 0x7FC00000
-SECCOMP_RET_ALLOW = 0x7FFF0000
 
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 SECCOMP_ADDFD_FLAG_SETFD = 1 << 0
 SECCOMP_ADDFD_FLAG_SEND = 1 << 1
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
-
-AUDIT_ARCH_X86_64 = 0xC000003E
-AUDIT_ARCH_I386 = 0x40000003
 
 
 class SeccompData(ctypes.Structure):
@@ -127,19 +121,6 @@ class Action(enum.IntEnum):
     ERRNO = SECCOMP_RET_ERRNO
     USER_NOTIF = SECCOMP_RET_USER_NOTIF
     ALLOW = SECCOMP_RET_ALLOW
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """One classic BPF instruction, as the kernel takes it."""
-
-    code: int
-    jt: int
-    jf: int
-    k: int
-
-    def pack(self) -> bytes:
-        return struct.pack("=HBBI", self.code, self.jt, self.jf, self.k)
 
 
 def check_notif_sizes() -> None:

@@ -17,8 +17,9 @@ import os
 import socket
 import struct
 
+from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWUSER
 from mstack_bpf.linux._ffi import SyscallError
-from mstack_bpf.linux.netns import CLONE_NEWNET, CLONE_NEWUSER, unshare
+from mstack_bpf.linux.netns import unshare
 from mstack_bpf.stacks import tools
 
 # linux/sockios.h, linux/if.h

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mstack_bpf.families import family_name
+from mstack_bpf.core.families import family_name
 from mstack_bpf.trace.events import Call, Event
 
 #: Calls whose failure counts as "refused" in the table. A failed accept is the server's

@@ -163,7 +163,7 @@ def test_mstack_stack_help_is_unchanged(args: tuple[str, ...]) -> None:
 
 
 def test_python_m_entry_point_names_itself_mstack_stack() -> None:
-    cp = run([PYTHON, "-m", "mstack_bpf.stacks.cli", "add"])
+    cp = run([PYTHON, "-m", "mstack_bpf.cli.stack", "add"])
     assert cp.returncode == 2
     assert cp.stderr == "mstack-stack: missing argument 'NAME' (see mstack-stack add --help)\n"
 

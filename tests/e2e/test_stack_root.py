@@ -26,7 +26,7 @@ import pytest
 from mstack_bpf.stacks import addrs
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "mstack_bpf.stacks.cli"]
+CLI = [sys.executable, "-m", "mstack_bpf.cli.stack"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns add)")
 

@@ -59,7 +59,7 @@ class Nobody:
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(PY, "-m", "mstack_bpf.stacks.cli", *args)
+        return self.run(PY, "-m", "mstack_bpf.cli.stack", *args)
 
     def ok(self, *args: str) -> str:
         res = self.cli(*args)
@@ -169,7 +169,7 @@ def _zombie(pid: int) -> bool:
 _HELPER_PROBE = """
 import json, os, socket, sys, time
 from mstack_bpf.linux.netns import current_netns_cookie, netns_cookie
-from mstack_bpf.stacks.helper import NetnsSocketHelper
+from mstack_bpf.supervisor.helper import NetnsSocketHelper
 from mstack_bpf.stacks.paths import resolve_user_stack
 path = resolve_user_stack(sys.argv[1])
 with NetnsSocketHelper(path) as h:

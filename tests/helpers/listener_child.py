@@ -17,13 +17,11 @@ from dataclasses import dataclass
 import pytest
 
 from mstack_bpf.linux import prctl
-from mstack_bpf.linux.seccomp import (
+from mstack_bpf.linux.seccomp import Action, Listener, install_filter
+from mstack_bpf.seccomp.program import (
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
-    Action,
     Instruction,
-    Listener,
-    install_filter,
 )
 
 NR_socket = 41

@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from mstack_bpf import factory, registry
-from mstack_bpf.factory import StackSockets
 from mstack_bpf.linux import netns as netns_mod
-from mstack_bpf.registry import StackRegistry
+from mstack_bpf.supervisor import factory, registry
+from mstack_bpf.supervisor.factory import StackSockets
+from mstack_bpf.supervisor.registry import StackRegistry
 from tests.conftest import needs_root
 
 pytestmark = needs_root

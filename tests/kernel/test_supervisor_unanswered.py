@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mstack_bpf.factory import StackSockets, Target
-from mstack_bpf.model import Mapping, Stack, StackKind
-from mstack_bpf.registry import StackRegistry
-from mstack_bpf.resolve import open_stack
-from mstack_bpf.supervisor import Supervisor
-from mstack_bpf.tables import Tables
+from mstack_bpf.core.model import Mapping, Stack, StackKind
+from mstack_bpf.stacks.resolve import open_stack
+from mstack_bpf.supervisor.factory import StackSockets, Target
+from mstack_bpf.supervisor.loop import Supervisor
+from mstack_bpf.supervisor.registry import StackRegistry
+from mstack_bpf.supervisor.tables import Tables
 from tests.conftest import needs_root
 from tests.helpers.listener_child import Caller, caller
 

@@ -18,7 +18,7 @@ pytestmark = needs_ebpf
 
 PY = sys.executable
 ROOT = str(Path(mstack_bpf.__file__).resolve().parent.parent)
-TRACE = [PY, "-c", "from mstack_bpf.trace.cli import main; main()"]
+TRACE = [PY, "-c", "from mstack_bpf.cli.trace import main; main()"]
 ENV = {**os.environ, "PYTHONPATH": ROOT}
 WORK = (
     "import socket\n"

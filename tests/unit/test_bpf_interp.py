@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mstack_bpf.bpfasm import Asm
-from mstack_bpf.linux.seccomp import Instruction
+from mstack_bpf.seccomp.asm import Asm
+from mstack_bpf.seccomp.program import Instruction
 from tests.unit.bpf_interp import (
     ABS,
     ADD,

@@ -7,9 +7,8 @@ import socket
 
 import pytest
 
-from mstack_bpf.calls import (
-    SOCK_CLOEXEC,
-    SOCK_NONBLOCK,
+from mstack_bpf.core.abi import SOCK_CLOEXEC, SOCK_NONBLOCK
+from mstack_bpf.core.calls import (
     MsocketCall,
     OtherCall,
     SocketCall,
@@ -19,7 +18,7 @@ from mstack_bpf.calls import (
     decode_socketcall,
     needs_full_credentials,
 )
-from mstack_bpf.decide import (
+from mstack_bpf.core.decide import (
     Continue,
     Create,
     CreatePair,
@@ -28,7 +27,7 @@ from mstack_bpf.decide import (
     ReadSocketcall,
     decide,
 )
-from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.core.model import NATIVE, NULL, Mapping, Stack, StackKind
 
 X86_64 = 0xC000003E
 I386 = 0x40000003

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from mstack_bpf.families import (
+from mstack_bpf.core.families import (
     ALL_FAMILIES,
     FamilyListError,
     apply_list,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from mstack_bpf.filter import FilterSpec, compile_filter
-from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.core.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.seccomp.filter import FilterSpec, compile_filter
 from tests.unit.bpf_interp import ConstVerdict, Program, action
 
 AF_MAX = 46

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from mstack_bpf.filter import (
-    ALLOW,
-    NOTIFY,
+from mstack_bpf.core.abi import (
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
     NR_EXIT_GROUP_I386,
     NR_EXIT_GROUP_X86_64,
-    FilterSpec,
-    compile_filter,
 )
-from mstack_bpf.linux.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64
-from mstack_bpf.model import NULL, Mapping, Stack, StackKind
+from mstack_bpf.core.model import NULL, Mapping, Stack, StackKind
+from mstack_bpf.seccomp.filter import ALLOW, NOTIFY, FilterSpec, compile_filter
 from tests.unit.bpf_interp import Program
 
 BLUE = Stack(StackKind.NETNS, "blue", "/run/netns/blue")

@@ -7,18 +7,16 @@ import errno
 
 import pytest
 
-from mstack_bpf.filter import (
-    ALLOW,
+from mstack_bpf.core.abi import (
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
     F_SETFD,
     FIOCLEX,
     GUARD_NRS,
-    FilterSpec,
-    compile_filter,
-    errno_ret,
+    MARKER_FD,
 )
-from mstack_bpf.linux.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64
-from mstack_bpf.model import Mapping, Stack, StackKind
-from mstack_bpf.tables import MARKER_FD
+from mstack_bpf.core.model import Mapping, Stack, StackKind
+from mstack_bpf.seccomp.filter import ALLOW, FilterSpec, compile_filter, errno_ret
 from tests.unit.bpf_interp import Program
 
 BLUE = Stack(StackKind.NETNS, "blue", "/run/netns/blue")

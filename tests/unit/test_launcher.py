@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mstack_bpf import launcher
-from mstack_bpf.errors import (
+from mstack_bpf.core.errors import (
     EXIT_CANNOT_EXECUTE,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -13,6 +12,7 @@ from mstack_bpf.errors import (
     CommandNotFound,
     Unsupported,
 )
+from mstack_bpf.launch import launcher
 
 
 def test_kernel_without_user_notification_fails_with_125_naming_it(

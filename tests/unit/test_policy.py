@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mstack_bpf import policy, tomlscan
-from mstack_bpf.errors import EXIT_FAILED, EXIT_USAGE, StackError
-from mstack_bpf.families import (
+from mstack_bpf.core import tomlscan
+from mstack_bpf.core.errors import EXIT_FAILED, EXIT_USAGE, StackError
+from mstack_bpf.core.families import (
     AF_BLUETOOTH,
     AF_INET,
     AF_INET6,
@@ -24,18 +24,11 @@ from mstack_bpf.families import (
     AF_UNIX,
     ALL_FAMILIES,
 )
-from mstack_bpf.model import NATIVE, NULL, Stack, StackKind
-from mstack_bpf.policy import (
-    MAX_SIZE,
-    Policy,
-    PolicyError,
-    check_policy,
-    check_stacks,
-    load_policy,
-    open_policy,
-    parse_policy,
-)
-from mstack_bpf.tomlscan import MAX_DEPTH, MAX_KEY_PARTS
+from mstack_bpf.core.model import NATIVE, NULL, Stack, StackKind
+from mstack_bpf.core.policy import Policy, PolicyError, parse_policy
+from mstack_bpf.core.tomlscan import MAX_DEPTH, MAX_KEY_PARTS
+from mstack_bpf.launch import policy as launch_policy
+from mstack_bpf.launch.policy import MAX_SIZE, check_policy, check_stacks, load_policy, open_policy
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 IP = {AF_INET, AF_INET6, AF_NETLINK, AF_PACKET}
@@ -497,7 +490,7 @@ def test_size_limit(tmp_path: Path) -> None:
 
 def test_size_limit_while_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file that grew after fstat(2), or whose size says 0 (/proc), is read no further."""
-    monkeypatch.setattr(policy, "_refused", lambda st: None)
+    monkeypatch.setattr(launch_policy, "_refused", lambda st: None)
     f = tmp_path / "big.toml"
     f.write_text("#" * MAX_SIZE * 3)
     asked: list[int] = []

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mstack_bpf.families import AF_INET, AF_MAX, AF_PACKET
-from mstack_bpf.filter import ALLOW, NOTIFY, FilterSpec, compile_filter, errno_ret
-from mstack_bpf.linux.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64
-from mstack_bpf.model import Mapping, StackKind
-from mstack_bpf.policy import load_policy
+from mstack_bpf.core.abi import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64
+from mstack_bpf.core.families import AF_INET, AF_MAX, AF_PACKET
+from mstack_bpf.core.model import Mapping, StackKind
+from mstack_bpf.launch.policy import load_policy
+from mstack_bpf.seccomp.filter import ALLOW, NOTIFY, FilterSpec, compile_filter, errno_ret
 from tests.unit.bpf_interp import Program
 
 POLICIES = sorted((Path(__file__).resolve().parents[2] / "policy").glob("*.toml"))

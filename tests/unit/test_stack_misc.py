@@ -7,8 +7,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from mstack_bpf.cli.stack import main
 from mstack_bpf.stacks import veth
-from mstack_bpf.stacks.cli import main
 from mstack_bpf.stacks.state import Proc, StackState, load, proc_start_time, save
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import socket
 
-from mstack_bpf.errors import LockedError, MstackError
-from mstack_bpf.families import ALL_FAMILIES, family_name
-from mstack_bpf.model import Mapping, Stack, StackKind
+from mstack_bpf.core.errors import LockedError, MstackError
+from mstack_bpf.core.families import ALL_FAMILIES, family_name
+from mstack_bpf.core.model import Mapping, Stack, StackKind
 from mstack_bpf.msocket import SOCK_DEFAULT, NotUnderMstack, _call
 
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 import errno
 import os
 
-from mstack_bpf.families import ALL_FAMILIES
-from mstack_bpf.fdbudget import FdBudget
+from mstack_bpf.core.abi import MARKER_FD
+from mstack_bpf.core.families import ALL_FAMILIES
+from mstack_bpf.core.model import Mapping, Stack
 from mstack_bpf.linux import kcmp
-from mstack_bpf.model import Mapping, Stack
+from mstack_bpf.supervisor.fdbudget import FdBudget
 
-MARKER_FD = 1023
 MAX_TABLES = 1024
 
 class TableUnknown(OSError):

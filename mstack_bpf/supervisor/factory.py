@@ -18,7 +18,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
-from mstack_bpf.calls import SOCK_CLOEXEC, needs_full_credentials
+from mstack_bpf.core.abi import SOCK_CLOEXEC
+from mstack_bpf.core.calls import needs_full_credentials
 from mstack_bpf.linux import cgroup, netns
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux._ffi import SyscallError, libc

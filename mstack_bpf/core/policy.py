@@ -1,11 +1,11 @@
 """Policy files (mstack-policy(5)): TOML that names stacks, maps families and locks them.
 
 Parsing is pure apart from reading the file: stack names stay unresolved until run time,
-when :func:`open_policy` resolves them (:func:`mstack_bpf.resolve.resolve`) and an unusable
+when :func:`open_policy` resolves them (:func:`mstack_bpf.stacks.resolve.resolve`) and an unusable
 stack fails with its ``FILE:LINE``. Every error is collected, never just the first, as
 ``FILE:LINE: message`` (DESIGN.md §5 "Policies"). tomllib gives no line numbers for keys and
 only the first syntax error, so key lines come from scanning the source text
-(:mod:`mstack_bpf.tomlscan`). Whatever the file holds, the only error is
+(:mod:`mstack_bpf.core.tomlscan`). Whatever the file holds, the only error is
 :class:`PolicyError`: the file must be regular and at most MAX_SIZE bytes, and what would
 make tomllib recurse too deep or take quadratic time is refused before tomllib sees it.
 
@@ -16,22 +16,17 @@ name is an error ("mapped twice"). Families neither mapped nor covered by ``all`
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import re
-import stat
 import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mstack_bpf.errors import StackError, UsageError
-from mstack_bpf.families import ALL_FAMILIES, FamilyListError, family_name, parse_item
-from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
-from mstack_bpf.resolve import OpenStack, open_stack, resolve
-from mstack_bpf.tomlscan import Lines
+from mstack_bpf.core.errors import UsageError
+from mstack_bpf.core.families import ALL_FAMILIES, FamilyListError, family_name, parse_item
+from mstack_bpf.core.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.core.tomlscan import Lines
 
 _RESERVED = {"null": NULL, "native": NATIVE}
 _TOP_KEYS = ("description", "stacks", "families", "lock", "msocket", "options")
@@ -71,7 +66,7 @@ class Policy:
         return next(d for d in self.stacks if d.name == name)
 
 
-def _shown(key: str) -> str:
+def shown(key: str) -> str:
     """``key`` for a message: quoted unless it prints on one line as it is."""
     return key if key.isprintable() else repr(key)
 
@@ -117,7 +112,7 @@ class _Parser:
         defs: dict[str, StackDef] = {}
         for name, ref in table.items():
             line = self.lines.of("stacks", name)
-            where = f"[stacks] {_shown(name)}"
+            where = f"[stacks] {shown(name)}"
             if name in _RESERVED:
                 self.error(line, f"{where}: {name!r} is built in and cannot be redefined")
             elif not _STACK_NAME.fullmatch(name):
@@ -156,7 +151,7 @@ class _Parser:
         owner: dict[int, str] = {}
         for key, value in table.items():
             line = self.lines.of("families", key)
-            where = f"[families] {_shown(key)}"
+            where = f"[families] {shown(key)}"
             is_default = key.strip().lower() == "all"
             chosen = frozenset() if is_default else self.family_item(key, where, line)
             stack = self.stack_value(value, where, line, defs)
@@ -186,8 +181,6 @@ class _Parser:
             return parse_item(item)
         except FamilyListError as e:
             self.error(line, f"{where}: {e.reason}: {e.item!r}")
-        except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
-            self.error(line, f"{where}: family number too long: {item!r}")
         return frozenset()
 
     def string_list(self, value: object, path: tuple[str, str]) -> Iterator[tuple[str, int]]:
@@ -265,7 +258,7 @@ def _number_error(source: str, text: str, e: ValueError) -> str:
         if limit and len(m.group(1).lstrip("+-").replace("_", "")) > limit:
             line = text.count("\n", 0, m.start(1)) + 1
             return f"{source}:{line}: TOML: an integer of more than {limit} digits"
-    return f"{source}: TOML: {_shown(str(e))}"
+    return f"{source}: TOML: {shown(str(e))}"
 
 
 def _toml(text: str, source: str, lines: Lines) -> dict[str, Any]:
@@ -299,142 +292,3 @@ def parse_policy(text: str, source: str) -> Policy:
         raise PolicyError([f"{source}:{line}: {message}" for line, message in p.errors])
     return Policy(source, Mapping(table, locked, allowed, restricted=True), tuple(defs.values()),
                   no_new_privs, description)
-
-
-#: Larger files are refused unread. Policies take a few hundred bytes, and tomllib may take
-#: 500 times the text (a table per two bytes, ``[t1.a.b]`` ...: 450 MB for 1 MiB).
-MAX_SIZE = 64 << 10
-_TOO_LARGE = f"larger than {MAX_SIZE >> 10} KiB"
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _refused(st: os.stat_result) -> str | None:
-    """Why the file ``st`` describes is not read, or None."""
-    if stat.S_ISDIR(st.st_mode):
-        return os.strerror(errno.EISDIR)
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "special")
-        return f"not a regular file ({kind})"
-    return _TOO_LARGE if st.st_size > MAX_SIZE else None
-
-
-def _read_at_most(fd: int, size: int) -> bytes:
-    """The bytes of ``fd`` up to its end or ``size`` bytes, whichever comes first."""
-    chunks: list[bytes] = []
-    left = size
-    while left > 0 and (chunk := os.read(fd, left)):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _cannot_read(path: str, reason: str) -> PolicyError:
-    return PolicyError([f"{_shown(path)}: cannot read: {reason}"])
-
-
-def _read(path: str) -> bytes:
-    """The bytes of the regular file ``path``; :class:`PolicyError` ``FILE: cannot read``.
-
-    O_NONBLOCK, as open(2) of a FIFO would wait for a writer; fstat(2) before any read, so
-    that a FIFO, a terminal or /dev/zero is refused rather than read; never more than
-    MAX_SIZE + 1 bytes, as a file may grow after fstat(2) (and a /proc file says size 0).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise _cannot_read(path, e.strerror or str(e)) from None
-    except ValueError as e:  # a NUL in the path
-        raise _cannot_read(path, str(e)) from None
-    try:
-        reason = _refused(os.fstat(fd))
-        data = _read_at_most(fd, MAX_SIZE + 1) if reason is None else b""
-    except OSError as e:  # EIO, EISDIR, EINVAL of a file that says it is regular
-        raise _cannot_read(path, e.strerror or str(e)) from None
-    finally:
-        os.close(fd)
-    if reason is None and len(data) > MAX_SIZE:
-        reason = _TOO_LARGE
-    if reason is not None:
-        raise _cannot_read(path, reason)
-    return data
-
-
-def load_policy(path: str) -> Policy:
-    """Read and parse the policy file ``path``; raises :class:`PolicyError` with every error.
-
-    A file that cannot be read has no line: its error is ``FILE: message``. A ``path`` that
-    does not print on one line is quoted in messages.
-    """
-    data = _read(path)
-    source = _shown(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise PolicyError([f"{source}:{line}: not UTF-8 text"]) from None
-    return parse_policy(text, source)
-
-
-def check_policy(path: str) -> list[str]:
-    """Every error of the policy file ``path`` that does not depend on the running system."""
-    try:
-        load_policy(path)
-    except PolicyError as e:
-        return e.errors
-    return []
-
-
-# --- run time -----------------------------------------------------------------------------
-
-
-def _open_def(policy: Policy, d: StackDef) -> OpenStack:
-    """Resolve and open one stack; StackError names the policy's ``FILE:LINE``."""
-    try:
-        found = resolve(d.ref)
-        return open_stack(Stack(StackKind.NETNS, d.name, found.path))
-    except StackError as e:
-        raise StackError(f"{policy.source}:{d.line}: stack {d.name}: {e}",
-                         hint=f"check every stack with: mstack --check-policy {policy.source}"
-                         ) from None
-
-
-def check_stacks(policy: Policy) -> list[str]:
-    """``FILE:LINE: stack NAME: reason`` for each defined stack that is missing or not a
-    network namespace on this system now."""
-    errors = []
-    for d in policy.stacks:
-        try:
-            opened = _open_def(policy, d)
-        except StackError as e:
-            errors.append(str(e))
-        else:
-            os.close(opened.fd)
-    return errors
-
-
-def open_policy(policy: Policy) -> tuple[Mapping, tuple[OpenStack, ...]]:
-    """The policy's mapping with its stacks resolved, and each used stack held open.
-
-    Raises :class:`StackError` (exit 125) naming the ``FILE:LINE`` of the first unusable
-    stack; no fd is left open then.
-    """
-    used = {s.name for s in policy.mapping.netns_stacks()}
-    opened: dict[str, OpenStack] = {}
-    try:
-        for d in policy.stacks:
-            if d.name in used:
-                opened[d.name] = _open_def(policy, d)
-    except StackError:
-        for o in opened.values():
-            with contextlib.suppress(OSError):
-                os.close(o.fd)
-        raise
-
-    def real(stack: Stack) -> Stack:
-        return opened[stack.name].stack if stack.kind is StackKind.NETNS else stack
-
-    m = policy.mapping
-    table = {family: real(stack) for family, stack in m.table.items()}
-    mapping = Mapping(table, m.locked, tuple(real(s) for s in m.allowed), restricted=True)
-    return mapping, tuple(opened[s.name] for s in m.netns_stacks())

@@ -82,7 +82,9 @@ def parse_item(item: str) -> frozenset[int]:
         digits = text[1:]
         if not (digits.isascii() and digits.isdigit()):
             raise FamilyListError(item, "not a family number")
-        number = int(digits) if len(digits) <= 9 else AF_MAX  # int() refuses 4,301 digits
+        if len(digits) > 9:  # int() would refuse 4,301 digits with a ValueError
+            raise FamilyListError(item, "family number too long")
+        number = int(digits)
         if not 1 <= number < AF_MAX:
             raise FamilyListError(item, f"family number out of range 1..{AF_MAX - 1}")
         return frozenset({number})

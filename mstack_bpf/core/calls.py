@@ -5,23 +5,20 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from mstack_bpf.filter import (
+from mstack_bpf.core.abi import (
     I386,
     MSOCKET_NR,
     NR_EXIT_GROUP_I386,
     NR_EXIT_GROUP_X86_64,
     NR_IOCTL_I386,
     NR_IOCTL_X86_64,
+    SOCK_CLOEXEC,
+    SOCK_PACKET,
+    SOCK_TYPE_MASK,
     SYS_SOCKET,
     SYS_SOCKETPAIR,
     X86_64,
 )
-
-SOCK_TYPE_MASK = 0xF
-SOCK_PACKET = 10
-SOCK_NONBLOCK = 0o4000
-SOCK_CLOEXEC = 0o2000000
-SOCK_DEFAULT = 0  # msocket(2): set the default stack instead of creating a socket
 
 
 def _s32(value: int) -> int:

@@ -11,9 +11,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mstack_bpf.errors import StackError
+from mstack_bpf.core.errors import StackError
+from mstack_bpf.core.model import NATIVE, NULL, Stack, StackKind
 from mstack_bpf.linux import netns
-from mstack_bpf.model import NATIVE, NULL, Stack, StackKind
 
 NETNS_RUN_DIR = "/run/netns"
 _RESERVED = {"null": NULL, "native": NATIVE}

@@ -1,5 +1,5 @@
 """Where each key and array item of a TOML text is (pure): tomllib gives no line numbers
-for keys and only the first syntax error, so :mod:`mstack_bpf.policy` finds the lines of its
+for keys and only the first syntax error, so :mod:`mstack_bpf.core.policy` finds the lines of its
 own errors here. The scan never raises and stays linear, whatever the text; it also refuses
 what would make tomllib recurse too deep or take quadratic time (MAX_DEPTH, MAX_KEY_PARTS).
 """

@@ -22,14 +22,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from mstack_bpf import nested
-from mstack_bpf.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
-from mstack_bpf.families import ALL_FAMILIES
-from mstack_bpf.filter import FilterSpec, compile_filter
+from mstack_bpf.core.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
+from mstack_bpf.core.families import ALL_FAMILIES
+from mstack_bpf.core.model import Mapping
+from mstack_bpf.launch import nested
 from mstack_bpf.linux import prctl, seccomp
 from mstack_bpf.linux._ffi import SyscallError
-from mstack_bpf.model import Mapping
-from mstack_bpf.resolve import OpenStack, open_stack
+from mstack_bpf.seccomp.filter import FilterSpec, compile_filter
+from mstack_bpf.seccomp.program import (
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_RET_USER_NOTIF,
+    Instruction,
+)
+from mstack_bpf.stacks.resolve import OpenStack, open_stack
 
 _SUPERVISOR_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP,
                        signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE)
@@ -65,7 +71,7 @@ def open_stacks(mapping: Mapping) -> tuple[OpenStack, ...]:
 
 
 def check_kernel() -> None:
-    if not seccomp.action_available(seccomp.SECCOMP_RET_USER_NOTIF):
+    if not seccomp.action_available(SECCOMP_RET_USER_NOTIF):
         raise Unsupported("kernel lacks seccomp user notification (SECCOMP_RET_USER_NOTIF)",
                           hint="mstack needs Linux >= 5.14 with CONFIG_SECCOMP_FILTER")
     seccomp.check_notif_sizes()
@@ -128,18 +134,18 @@ def _install_error(e: SyscallError) -> MstackError:
     return MstackError(f"cannot install the seccomp filter: {e}")
 
 
-def _install(program: list[seccomp.Instruction], flags: int) -> int:
+def _install(program: list[Instruction], flags: int) -> int:
     try:
         return seccomp.install_filter(program, flags)
     except SyscallError as e:
         raise _install_error(e) from None
 
 
-def _install_and_hand_over(program: list[seccomp.Instruction], channel: socket.socket) -> None:
-    flags = seccomp.SECCOMP_FILTER_FLAG_NEW_LISTENER
+def _install_and_hand_over(program: list[Instruction], channel: socket.socket) -> None:
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER
     try:
         listener = seccomp.install_filter(
-            program, flags | seccomp.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
+            program, flags | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
     except SyscallError as e:
         if e.errno != errno.EINVAL:  # EINVAL: a kernel before 5.19, without the flag
             raise _install_error(e) from None
@@ -184,7 +190,7 @@ def _exec(path: str, argv: Sequence[str]) -> NoReturn:
 
 def _supervisor_process(channel: socket.socket, config: RunConfig, root_pid: int) -> NoReturn:
     """Body of the supervisor (grandchild); never returns."""
-    from mstack_bpf.supervisor_main import serve_forever
+    from mstack_bpf.supervisor.main import serve_forever
 
     prctl.set_name("mstack-sv")
     # Not dumpable: /proc/PID of the supervisor is root's, so a target of the same uid can

@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from mstack_bpf.calls import (
-    SOCK_DEFAULT,
+from mstack_bpf.core.abi import SOCK_DEFAULT
+from mstack_bpf.core.calls import (
     Call,
     ExitGroupCall,
     IoctlCall,
@@ -23,8 +23,8 @@ from mstack_bpf.calls import (
     SocketPairCall,
     effective_family,
 )
-from mstack_bpf.families import AF_MAX, AF_NETLINK, ALL_FAMILIES
-from mstack_bpf.model import NATIVE, Mapping, Stack, StackKind
+from mstack_bpf.core.families import AF_MAX, AF_NETLINK, ALL_FAMILIES
+from mstack_bpf.core.model import NATIVE, Mapping, Stack, StackKind
 
 AF_UNSPEC = 0
 

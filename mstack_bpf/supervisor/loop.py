@@ -1,6 +1,6 @@
 """The supervisor loop: receive → still valid? → decide → inject or reply.
 
-It does no policy work itself (:mod:`mstack_bpf.decide` does) and fails closed: an exception
+It does no policy work itself (:mod:`mstack_bpf.core.decide` does) and fails closed: an exception
 while handling a call becomes an errno reply, never a CONTINUE. It serves until every task
 under the filter has gone (the listener then reports POLLHUP), see seccomp_unotify(2).
 """
@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mstack_bpf import ifioctl
-from mstack_bpf.calls import (
-    SOCK_CLOEXEC,
+from mstack_bpf.core.abi import MARKER_FD, SOCK_CLOEXEC
+from mstack_bpf.core.calls import (
     Call,
     ExitGroupCall,
     SocketCall,
@@ -28,8 +27,7 @@ from mstack_bpf.calls import (
     decode_socketcall,
     socketcall_words,
 )
-from mstack_bpf.colocate import Colocator
-from mstack_bpf.decide import (
+from mstack_bpf.core.decide import (
     Continue,
     Create,
     CreatePair,
@@ -42,16 +40,18 @@ from mstack_bpf.decide import (
     decide,
     decide_msocket,
 )
-from mstack_bpf.factory import StackSockets, open_task_netns
-from mstack_bpf.families import family_name
+from mstack_bpf.core.families import family_name
+from mstack_bpf.core.model import Stack, StackKind
 from mstack_bpf.linux import procmem
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.creds import FsIds
 from mstack_bpf.linux.seccomp import Listener, SeccompData
-from mstack_bpf.model import Stack, StackKind
-from mstack_bpf.registry import Located, StackRegistry
-from mstack_bpf.slowlane import SlowLane
-from mstack_bpf.tables import MARKER_FD, Tables, TableUnknown
+from mstack_bpf.supervisor import ifioctl
+from mstack_bpf.supervisor.colocate import Colocator
+from mstack_bpf.supervisor.factory import StackSockets, open_task_netns
+from mstack_bpf.supervisor.registry import Located, StackRegistry
+from mstack_bpf.supervisor.slowlane import SlowLane
+from mstack_bpf.supervisor.tables import Tables, TableUnknown
 
 log = logging.getLogger("mstack.supervisor")
 

@@ -9,7 +9,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mstack_bpf.families import ALL_FAMILIES, family_name
+from mstack_bpf.core.families import ALL_FAMILIES, family_name
 
 
 class StackKind(enum.Enum):

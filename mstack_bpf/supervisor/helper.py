@@ -33,15 +33,9 @@ import signal
 import socket
 import struct
 
+from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWUSER
 from mstack_bpf.linux._ffi import SyscallError, libc
-from mstack_bpf.linux.netns import (
-    CLONE_NEWNET,
-    CLONE_NEWUSER,
-    check_netns,
-    ns_inode,
-    owning_userns,
-    setns,
-)
+from mstack_bpf.linux.netns import check_netns, ns_inode, owning_userns, setns
 
 _REQ = struct.Struct("<iiii")
 _SOCKET, _PAIR = 1, 2

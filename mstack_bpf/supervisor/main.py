@@ -9,15 +9,15 @@ import resource
 import socket
 import sys
 
-from mstack_bpf.factory import SocketMaker, StackSockets
-from mstack_bpf.fdbudget import FdBudget
-from mstack_bpf.launcher import RunConfig
+from mstack_bpf.launch.launcher import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux._ffi import SyscallError
-from mstack_bpf.registry import StackRegistry
-from mstack_bpf.report import TICK_MS, SocketReport, watch
-from mstack_bpf.supervisor import Supervisor, describe
-from mstack_bpf.tables import Tables
+from mstack_bpf.supervisor.factory import SocketMaker, StackSockets
+from mstack_bpf.supervisor.fdbudget import FdBudget
+from mstack_bpf.supervisor.loop import Supervisor, describe
+from mstack_bpf.supervisor.registry import StackRegistry
+from mstack_bpf.supervisor.tables import Tables
+from mstack_bpf.trace.report import TICK_MS, SocketReport, watch
 
 log = logging.getLogger("mstack.supervisor")
 
@@ -57,7 +57,7 @@ def _setup_logging(verbose: int) -> None:
 def _rootless_helper(ns_fd: int) -> SocketMaker:
     """A process resident in a namespace we may not setns() into ourselves (a rootless
     stack: it enters the owning user namespace first). It inherits ``ns_fd`` at the fork."""
-    from mstack_bpf.stacks.helper import NetnsSocketHelper
+    from mstack_bpf.supervisor.helper import NetnsSocketHelper
 
     return NetnsSocketHelper(f"/proc/self/fd/{ns_fd}")
 

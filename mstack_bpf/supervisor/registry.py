@@ -11,13 +11,13 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from mstack_bpf.factory import StackSockets
-from mstack_bpf.fdbudget import FdBudget
+from mstack_bpf.core.model import NATIVE, NULL, Mapping, Stack, StackKind
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import fs, netns
-from mstack_bpf.model import NATIVE, NULL, Mapping, Stack, StackKind
-from mstack_bpf.resolve import NETNS_RUN_DIR, OpenStack, user_stack
-from mstack_bpf.targetview import TargetView, canonical
+from mstack_bpf.stacks.resolve import NETNS_RUN_DIR, OpenStack, user_stack
+from mstack_bpf.supervisor.factory import StackSockets
+from mstack_bpf.supervisor.fdbudget import FdBudget
+from mstack_bpf.supervisor.targetview import TargetView, canonical
 
 CAP_SYS_ADMIN = 21
 MAX_NAMED = 1024  # namespaces a tree may name in msocket beyond those of its mapping

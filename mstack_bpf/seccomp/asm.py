@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mstack_bpf.linux.seccomp import Instruction
+from mstack_bpf.seccomp.program import Instruction
 
 # linux/bpf_common.h
 LD_W_ABS = 0x20

@@ -1,6 +1,6 @@
 """``mstack``: run a command with the sockets of chosen address families in another stack.
 
-A thin click layer over :func:`mstack_bpf.launcher.run`; the only place where errors become
+A thin click layer over :func:`mstack_bpf.launch.launcher.run`; the only place where errors become
 one line on stderr and an exit code (click's usage errors included: ``mstack: MESSAGE (see
 mstack --help)``, exit 2).
 """
@@ -14,7 +14,7 @@ from typing import NoReturn
 import click
 
 from mstack_bpf import __version__
-from mstack_bpf.errors import (
+from mstack_bpf.core.errors import (
     EXIT_FAILED,
     EXIT_USAGE,
     CommandNotExecutable,
@@ -22,10 +22,10 @@ from mstack_bpf.errors import (
     MstackError,
     StackError,
 )
-from mstack_bpf.families import ALL_FAMILIES, FamilyListError, apply_list, parse_lists
-from mstack_bpf.launcher import RunConfig, find_command, open_stacks, run
-from mstack_bpf.model import Mapping, Stack
-from mstack_bpf.resolve import open_stack, resolve
+from mstack_bpf.core.families import ALL_FAMILIES, FamilyListError, apply_list, parse_lists
+from mstack_bpf.core.model import Mapping, Stack
+from mstack_bpf.launch.launcher import RunConfig, find_command, open_stacks, run
+from mstack_bpf.stacks.resolve import open_stack, resolve
 
 EPILOG = """\b
 Families (-o LIST, comma-separated, each item optionally prefixed + or -):
@@ -150,7 +150,7 @@ def _resolve(name: str) -> Stack:
 
 def _check_policy(path: str, verbose: int) -> NoReturn:
     """``--check-policy``: syntax, meaning, then the stacks as they are on this system."""
-    from mstack_bpf.policy import check_policy, check_stacks, load_policy
+    from mstack_bpf.launch.policy import check_policy, check_stacks, load_policy
 
     errors = check_policy(path)
     if not errors:
@@ -188,7 +188,7 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
             raise click.UsageError(
                 f"{command[0]!r} is a stack: no STACK argument with --policy") from None
         raise
-    from mstack_bpf.policy import load_policy, open_policy
+    from mstack_bpf.launch.policy import load_policy, open_policy
 
     policy = load_policy(path)
     mapping, stacks = open_policy(policy)

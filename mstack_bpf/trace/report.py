@@ -14,9 +14,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
-from mstack_bpf.families import ALL_FAMILIES
-from mstack_bpf.model import Mapping, StackKind
-from mstack_bpf.resolve import OpenStack
+from mstack_bpf.core.families import ALL_FAMILIES
+from mstack_bpf.core.model import Mapping, StackKind
+from mstack_bpf.stacks.resolve import OpenStack
 
 TICK_MS = 100  # the tracer batches wake-ups: read it at least this often
 

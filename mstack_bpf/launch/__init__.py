@@ -1,0 +1,1 @@
+"""Start a run: plan it, start the supervisor, install the filter, exec the command in place."""

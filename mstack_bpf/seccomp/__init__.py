@@ -1,0 +1,1 @@
+"""The seccomp filter as data: the classic-BPF assembler and the mapping compiler (pure)."""

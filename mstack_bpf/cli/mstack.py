@@ -14,17 +14,17 @@ from typing import NoReturn
 import click
 
 from mstack_bpf import __version__
+from mstack_bpf.cli.common import run as run_cli
 from mstack_bpf.core.errors import (
-    EXIT_FAILED,
     EXIT_USAGE,
     CommandNotExecutable,
     CommandNotFound,
-    MstackError,
     StackError,
 )
 from mstack_bpf.core.families import ALL_FAMILIES, FamilyListError, apply_list, parse_lists
 from mstack_bpf.core.model import Mapping, Stack
-from mstack_bpf.launch.launcher import RunConfig, find_command, open_stacks, run
+from mstack_bpf.launch.config import RunConfig
+from mstack_bpf.launch.launcher import find_command, open_stacks, run
 from mstack_bpf.stacks.resolve import open_stack, resolve
 
 EPILOG = """\b
@@ -202,35 +202,8 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
     run(config)
 
 
-def _usage_line(err: click.UsageError) -> str:
-    """click's usage error as one line: its message, and where the help is."""
-    lines = [line.strip() for line in err.format_message().splitlines() if line.strip()]
-    text = "; ".join(lines).rstrip(".") or "usage error"
-    if text[:1].isupper() and text[1:2].islower():  # "No such option" but not "STACK"
-        text = text[0].lower() + text[1:]
-    return f"mstack: {text} (see mstack --help)"
-
-
 def main() -> NoReturn:
-    try:
-        # not standalone: click would print four lines (usage, "Try", blank, "Error:")
-        rv = mstack.main(prog_name="mstack", standalone_mode=False)
-    except click.UsageError as e:
-        click.echo(_usage_line(e), err=True)
-        sys.exit(EXIT_USAGE)
-    except click.ClickException as e:
-        click.echo(f"mstack: {e.format_message()}", err=True)
-        sys.exit(EXIT_FAILED)
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("mstack: interrupted", err=True)
-        sys.exit(130)
-    except MstackError as e:
-        for line in str(e).splitlines() or [""]:  # a PolicyError has one line per error
-            click.echo(f"mstack: {line}", err=True)
-        if e.hint:
-            click.echo(f"mstack: hint: {e.hint}", err=True)
-        sys.exit(e.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    run_cli(mstack, "mstack")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """``mstack-stack``: create, list and remove stacks (network namespaces) for mstack.
 
-The only place where errors become a line on stderr and an exit code: 0 success, 2 usage,
-125 failure (DESIGN §5); a usage error too is one line, ``mstack-stack: MESSAGE (see
-mstack-stack add --help)``. See mstack-stack(1).
+Exit status 0 success, 2 usage, 125 failure; every failure is one line
+(:mod:`mstack_bpf.cli.common`), a usage error ``mstack-stack: MESSAGE (see mstack-stack add
+--help)``. See mstack-stack(1).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Any, NoReturn
 
 import click
 
+from mstack_bpf.cli.common import fail
+from mstack_bpf.core.errors import MstackError
 from mstack_bpf.stacks import create, manage, paths, usernet
-from mstack_bpf.stacks.errors import InvalidName, StackError
-
-EXIT_USAGE = 2
-EXIT_FAILURE = 125
+from mstack_bpf.stacks.errors import InvalidName, ManageError
 
 EPILOG = """\b
 Examples:
@@ -66,38 +65,20 @@ class CIDRType(click.ParamType[str, str]):
 
 
 def _fail(err: BaseException) -> NoReturn:
-    usage = isinstance(err, StackError) and err.usage
-    click.echo(f"mstack-stack: {err}", err=True)
-    sys.exit(EXIT_USAGE if usage else EXIT_FAILURE)
-
-
-def usage_line(prog: str, err: click.UsageError) -> str:
-    """click's usage error as one line: its message, and where the help is."""
-    lines = [line.strip() for line in err.format_message().splitlines() if line.strip()]
-    text = "; ".join(lines).rstrip(".") or "usage error"
-    if text[:1].isupper() and text[1:2].islower():  # "No such option" but not "NAME"
-        text = text[0].lower() + text[1:]
-    where = err.ctx.command_path if err.ctx is not None else prog
-    return f"{prog}: {text} (see {where} --help)"
+    fail("mstack-stack", err)
 
 
 class OneLineErrors(click.Group):
-    """A group whose usage errors are one line on stderr (exit 2), not click's four."""
+    """A group whose failures are one line on stderr (cli/common.py), not click's four."""
 
     def main(self, *args: Any, **kwargs: Any) -> NoReturn:
         kwargs["standalone_mode"] = False
         kwargs.setdefault("prog_name", "mstack-stack")
         try:
             rv = super().main(*args, **kwargs)
-        except click.UsageError as e:
-            click.echo(usage_line("mstack-stack", e), err=True)
-            sys.exit(EXIT_USAGE)
-        except click.ClickException as e:
-            click.echo(f"mstack-stack: {e.format_message()}", err=True)
-            sys.exit(EXIT_FAILURE)
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("mstack-stack: interrupted", err=True)
-            sys.exit(130)
+        except (click.ClickException, click.Abort, KeyboardInterrupt, MstackError,
+                OSError) as e:
+            fail("mstack-stack", e)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -158,7 +139,7 @@ def add(
     req = create.AddRequest(name, net, addr, rng, nat, backend or "pasta", host_loopback, dns)
     try:
         st = create.add(req)
-    except (StackError, OSError) as e:
+    except (ManageError, OSError) as e:
         _fail(e)
     click.echo(f"{st.name}: {_describe(st.net, st.backend)} {' '.join(st.addresses) or '-'}"
                f" dns {st.dns or '-'} path {st.netns_path}")  # fmt: skip
@@ -175,7 +156,7 @@ def list_cmd(as_json: bool) -> None:
     _refuse_unsafe_base()
     try:
         infos = manage.list_stacks()
-    except (StackError, OSError) as e:
+    except (ManageError, OSError) as e:
         _fail(e)
     if as_json:
         click.echo(json.dumps([i.to_json() for i in infos], indent=1))
@@ -200,7 +181,7 @@ def del_cmd(name: str) -> None:
     _refuse_unsafe_base(name)
     try:
         manage.delete(name)
-    except (StackError, OSError) as e:
+    except (ManageError, OSError) as e:
         _fail(e)
 
 
@@ -211,10 +192,10 @@ def dns(name: str) -> None:
     _refuse_unsafe_base(name)
     try:
         addr = manage.dns(name)
-    except (StackError, OSError) as e:
+    except (ManageError, OSError) as e:
         _fail(e)
     if addr is None:
-        _fail(StackError(f"stack {name!r} has no resolver (give one with 'add --dns ADDR')"))
+        _fail(ManageError(f"stack {name!r} has no resolver (give one with 'add --dns ADDR')"))
     click.echo(addr)
 
 
@@ -225,7 +206,7 @@ def path(name: str) -> None:
     _refuse_unsafe_base(name)
     try:
         click.echo(manage.netns_path(name))
-    except (StackError, OSError) as e:
+    except (ManageError, OSError) as e:
         _fail(e)
 
 

@@ -18,6 +18,8 @@ from types import FrameType
 
 import click
 
+from mstack_bpf.cli.common import run as run_cli
+from mstack_bpf.core.errors import EXIT_FAILED
 from mstack_bpf.trace.events import Event
 from mstack_bpf.trace.names import StackNames
 from mstack_bpf.trace.summary import (
@@ -29,7 +31,6 @@ from mstack_bpf.trace.summary import (
 )
 from mstack_bpf.trace.tracer import Tracer
 
-EXIT_FAILURE = 125
 #: Events are delivered in batches; this bounds how late a line can appear.
 POLL_MS = 100
 
@@ -118,7 +119,7 @@ def _spawn_waiting(command: Sequence[str]) -> tuple[int, int, int]:
             if os.read(go_r, 1) == b"g":
                 os.close(go_r)
                 os.execvp(command[0], list(command))
-            os._exit(EXIT_FAILURE)
+            os._exit(EXIT_FAILED)
         except OSError as exc:
             os.write(err_w, (exc.errno or 0).to_bytes(4, "little"))
         finally:
@@ -200,10 +201,10 @@ def cli(pid: int | None, as_json: bool, summary: bool, command: tuple[str, ...])
         code = 0
     except OSError as exc:
         click.echo(f"mstack-trace: {exc}", err=True)
-        code = EXIT_FAILURE
+        code = EXIT_FAILED
     sys.exit(code)
 
 
 def main() -> None:
     """Entry point of ``mstack-trace``."""
-    cli(prog_name="mstack-trace")
+    run_cli(cli, "mstack-trace")

@@ -1,4 +1,5 @@
-"""Errors the library raises and the exit codes the CLI turns them into (DESIGN.md §5)."""
+"""Errors the library raises and the exit codes the CLI turns them into, once
+(docs/design.md, "Exit codes")."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ EXIT_USAGE = 2
 EXIT_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+EXIT_INTERRUPTED = 130  # Ctrl-C before the command started
 
 
 class MstackError(Exception):

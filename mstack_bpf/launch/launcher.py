@@ -11,7 +11,6 @@ command, not the supervisor, and a command that waits for its children never wai
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import shutil
@@ -19,16 +18,15 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 from mstack_bpf.core.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
-from mstack_bpf.core.families import ALL_FAMILIES
 from mstack_bpf.core.model import Mapping
-from mstack_bpf.launch import nested
+from mstack_bpf.launch import handshake, nested
+from mstack_bpf.launch.config import RunConfig
+from mstack_bpf.launch.plan import LaunchPlan, plan
 from mstack_bpf.linux import prctl, seccomp
 from mstack_bpf.linux._ffi import SyscallError
-from mstack_bpf.seccomp.filter import FilterSpec, compile_filter
 from mstack_bpf.seccomp.program import (
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
@@ -39,21 +37,6 @@ from mstack_bpf.stacks.resolve import OpenStack, open_stack
 
 _SUPERVISOR_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP,
                        signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one ``mstack`` run needs, validated before anything forks."""
-
-    mapping: Mapping
-    argv: tuple[str, ...]
-    verbose: int = 0
-    no_new_privs: bool = False
-    stacks: tuple[OpenStack, ...] = field(default=(), compare=False)
-    #: the families this mstack was asked to set (a nested mstack changes only those)
-    chosen: frozenset[int] = ALL_FAMILIES
-    #: meet a caller that makes sockets back to back on the supervisor's CPU (colocate.py)
-    colocate: bool = True
 
 
 def find_command(name: str) -> str:
@@ -74,39 +57,40 @@ def check_kernel() -> None:
     if not seccomp.action_available(SECCOMP_RET_USER_NOTIF):
         raise Unsupported("kernel lacks seccomp user notification (SECCOMP_RET_USER_NOTIF)",
                           hint="mstack needs Linux >= 5.14 with CONFIG_SECCOMP_FILTER")
-    seccomp.check_notif_sizes()
+    try:
+        seccomp.check_notif_sizes()
+    except RuntimeError as e:
+        raise Unsupported(str(e), hint="mstack does not know this kernel's seccomp ABI") from None
 
 
 def run(config: RunConfig) -> NoReturn:
     """Set up and execve ``config.argv``; raises :class:`MstackError` if that cannot be done."""
     path = find_command(config.argv[0])
     check_kernel()
-    if nested.outer_supervisor():
-        # The kernel refuses a second listener (EBUSY): the outer supervisor takes our table.
-        nested.set_defaults(config.mapping, config.chosen)
-        if config.mapping.locked:
-            _lock_below(config)
-        _exec(path, config.argv)
-    spec = FilterSpec.from_mapping(config.mapping)
-    if config.verbose:
-        spec = dataclasses.replace(spec, hold_exit=True)
-    program = compile_filter(spec)
-    if config.no_new_privs or os.geteuid() != 0:
-        prctl.set_no_new_privs()  # the kernel requires it without CAP_SYS_ADMIN
-    if spec.supervised:
-        channel = _start_supervisor(config)
-        _install_and_hand_over(program, channel)
-    else:
-        if config.verbose:  # nothing to supervise, but -v wants the socket table
-            _await_ready(_start_supervisor(config), send=b"W")
-        _install(program, 0)
+    carry_out(plan(config.mapping, config.chosen, verbose=config.verbose,
+                   no_new_privs=config.no_new_privs, root=os.geteuid() == 0,
+                   nested=nested.outer_supervisor()), config)
     _exec(path, config.argv)
 
 
-def _lock_below(config: RunConfig) -> None:
-    if config.no_new_privs or os.geteuid() != 0:
+def carry_out(p: LaunchPlan, config: RunConfig) -> None:
+    """Everything before the exec, in order."""
+    if p.nested:
+        nested.set_defaults(config.mapping, config.chosen)
+    if p.no_new_privs:
         prctl.set_no_new_privs()
-    _install(compile_filter(FilterSpec.nested_lock(config.mapping, config.chosen)), 0)
+    if p.supervised:
+        assert p.filter is not None
+        channel = _start_supervisor(config)
+        handshake.offer(channel, _install_with_listener(p.filter))
+        handshake.await_ready(channel)
+        return
+    if p.watcher:  # nothing to supervise, but -v wants the socket table
+        channel = _start_supervisor(config)
+        handshake.offer(channel, None)
+        handshake.await_ready(channel)
+    if p.filter is not None:
+        _install(p.filter, 0)
 
 
 def _start_supervisor(config: RunConfig) -> socket.socket:
@@ -134,36 +118,23 @@ def _install_error(e: SyscallError) -> MstackError:
     return MstackError(f"cannot install the seccomp filter: {e}")
 
 
-def _install(program: list[Instruction], flags: int) -> int:
+def _install(program: Sequence[Instruction], flags: int) -> int:
     try:
-        return seccomp.install_filter(program, flags)
+        return seccomp.install_filter(list(program), flags)
     except SyscallError as e:
         raise _install_error(e) from None
 
 
-def _install_and_hand_over(program: list[Instruction], channel: socket.socket) -> None:
+def _install_with_listener(program: Sequence[Instruction]) -> int:
+    """Install ``program`` with a listener (waiting killably where the kernel can)."""
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER
     try:
-        listener = seccomp.install_filter(
-            program, flags | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
+        return seccomp.install_filter(list(program),
+                                      flags | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
     except SyscallError as e:
         if e.errno != errno.EINVAL:  # EINVAL: a kernel before 5.19, without the flag
             raise _install_error(e) from None
-        listener = _install(program, flags)
-    try:
-        socket.send_fds(channel, [b"L"], [listener])
-    finally:
-        os.close(listener)  # the target never holds the listener
-    _await_ready(channel)
-
-
-def _await_ready(channel: socket.socket, send: bytes | None = None) -> None:
-    if send is not None:
-        channel.send(send)
-    answer = channel.recv(4096)
-    channel.close()
-    if answer != b"R":
-        raise Unsupported(answer[1:].decode(errors="replace") or "the supervisor did not start")
+        return _install(program, flags)
 
 
 def _flush() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mstack_bpf.linux.netns import path_inode
 from mstack_bpf.stacks import addrs, paths, tools, usernet, veth
-from mstack_bpf.stacks.errors import NeedsRoot, StackError, StackExists
+from mstack_bpf.stacks.errors import ManageError, NeedsRoot, StackExists
 from mstack_bpf.stacks.holder import start_holder
 from mstack_bpf.stacks.state import Proc, StackState, save, stop
 
@@ -37,7 +37,7 @@ class AddRequest:
     dns: str | None = None
 
 
-class TunUnusable(StackError):
+class TunUnusable(ManageError):
     def __init__(self) -> None:
         super().__init__(
             "/dev/net/tun is not readable and writable by this user: rootless user-mode "
@@ -156,7 +156,7 @@ def _finish(st: StackState, state_dir: str) -> None:
 
 
 def _ip_netns_del(name: str) -> None:
-    with contextlib.suppress(StackError):
+    with contextlib.suppress(ManageError):
         tools.run(["ip", "netns", "del", name])
 
 
@@ -165,7 +165,7 @@ def stack_addresses(ip: list[str]) -> list[str]:
     runs ip(8) there)."""
     try:
         links = json.loads(tools.run([*ip, "-j", "addr", "show"]) or "[]")
-    except (StackError, ValueError):
+    except (ManageError, ValueError):
         return []
     out: list[str] = []
     for link in links:

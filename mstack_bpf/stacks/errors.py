@@ -1,72 +1,75 @@
 """Errors of stack management; the CLI maps each to one line and an exit code.
 
 Every error is an ``OSError`` subclass only where a system call failed
-(:class:`mstack_bpf.linux._ffi.SyscallError`); the rest derive from :class:`StackError`,
-whose ``usage`` flag says whether the request itself was wrong (exit 2) or carrying it out
-failed (exit 125).
+(:class:`mstack_bpf.linux._ffi.SyscallError`); the rest derive from :class:`ManageError`,
+an :class:`MstackError` whose exit code says whether the request itself was wrong (2) or
+carrying it out failed (125).
 """
 
 from __future__ import annotations
 
+from mstack_bpf.core.errors import EXIT_USAGE, MstackError
 
-class StackError(Exception):
+
+class ManageError(MstackError):
     """A stack operation that cannot be done; ``str()`` is the one-line message."""
 
-    usage = False
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
-class InvalidName(StackError):
-    usage = True
+class InvalidName(ManageError):
+    exit_code = EXIT_USAGE
 
     def __init__(self, name: str, why: str) -> None:
         super().__init__(f"invalid stack name {name!r}: {why}")
 
 
-class StackExists(StackError):
+class StackExists(ManageError):
     def __init__(self, name: str, where: str) -> None:
         super().__init__(f"stack {name!r} already exists ({where})")
 
 
-class NoSuchStack(StackError):
+class NoSuchStack(ManageError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no such stack: {name!r}")
 
 
-class NotManaged(StackError):
+class NotManaged(ManageError):
     def __init__(self, name: str, path: str) -> None:
         super().__init__(
             f"{path} was not made by mstack-stack; remove it with 'ip netns del {name}'"
         )
 
 
-class MissingTool(StackError):
+class MissingTool(ManageError):
     def __init__(self, tool: str, package: str) -> None:
         super().__init__(f"{tool} not found: install it with 'apt-get install {package}'")
         self.tool = tool
         self.package = package
 
 
-class AddressClash(StackError):
+class AddressClash(ManageError):
     def __init__(self, subnet: str, other: str) -> None:
         super().__init__(f"address clash: {subnet} overlaps {other} already on this host")
 
 
-class NoFreeSubnet(StackError):
+class NoFreeSubnet(ManageError):
     def __init__(self, rng: str) -> None:
         super().__init__(f"no free subnet left in {rng} (every one clashes with the host)")
 
 
-class NeedsRoot(StackError):
+class NeedsRoot(ManageError):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} needs root (without root, use --user-net or no option)")
 
 
-class UnsafeStateDir(StackError):
+class UnsafeStateDir(ManageError):
     def __init__(self, path: str, why: str) -> None:
         super().__init__(f"refusing state directory {path}: {why}")
 
 
-class CommandFailed(StackError):
+class CommandFailed(ManageError):
     """An external tool (ip, pasta, slirp4netns, nft) failed; the message quotes its stderr."""
 
     def __init__(self, argv: list[str], detail: str) -> None:
@@ -75,8 +78,8 @@ class CommandFailed(StackError):
         self.argv = argv
 
 
-class InvalidAddress(StackError):
-    usage = True
+class InvalidAddress(ManageError):
+    exit_code = EXIT_USAGE
 
     def __init__(self, text: str, why: str) -> None:
         super().__init__(f"invalid address {text!r}: {why}")

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from mstack_bpf.stacks import paths, procs, tools, veth
-from mstack_bpf.stacks.errors import NeedsRoot, NoSuchStack, NotManaged, StackError
+from mstack_bpf.stacks.errors import ManageError, NeedsRoot, NoSuchStack, NotManaged
 from mstack_bpf.stacks.state import StackState, load, stop
 
 
@@ -67,7 +67,7 @@ def _user_stacks() -> list[StackInfo]:
     try:
         paths.check_private_dir(base, os.getuid())
         names = sorted(os.listdir(base))
-    except (OSError, StackError):
+    except (OSError, ManageError):
         return []
     out: list[StackInfo] = []
     for name in names:
@@ -103,7 +103,7 @@ def find(name: str) -> tuple[StackState, str]:
         return st, paths.root_state_dir(name)
     if os.geteuid() != 0:
         state_dir = paths.user_state_dir(name)
-        with contextlib.suppress(OSError, StackError):
+        with contextlib.suppress(OSError, ManageError):
             paths.check_private_dir(os.path.dirname(state_dir), os.getuid())
             st = load(state_dir)
             if st is not None:

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 
 from mstack_bpf.stacks import tools
-from mstack_bpf.stacks.errors import CommandFailed, StackError
+from mstack_bpf.stacks.errors import CommandFailed, ManageError
 from mstack_bpf.stacks.state import Proc
 
 BACKENDS = ("pasta", "slirp4netns")
@@ -121,7 +121,7 @@ def host_gateway4() -> str | None:
     """The gateway of the host's IPv4 default route (what pasta copies into the stack)."""
     try:
         routes = json.loads(tools.run(["ip", "-j", "-4", "route", "show", "default"]) or "[]")
-    except (StackError, ValueError):
+    except (ManageError, ValueError):
         return None
     for r in routes:
         if isinstance(r, dict) and isinstance(r.get("gateway"), str):

@@ -9,7 +9,8 @@ import resource
 import socket
 import sys
 
-from mstack_bpf.launch.launcher import RunConfig
+from mstack_bpf.launch import handshake
+from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.supervisor.factory import SocketMaker, StackSockets
@@ -90,21 +91,20 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     _raise_fd_limit()
     _setup_logging(config.verbose)
     try:
-        _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+        offered = handshake.take_offer(channel)
     except OSError:
         return
     report = SocketReport(root_pid, config.mapping, config.stacks, config.verbose) if (
         config.verbose) else None
-    if not fds:  # no listener: a watcher for -v under a lock, or the launcher failed
+    if offered is None:  # no listener: a watcher for -v under a lock
         if report is not None:
-            channel.send(b"R")
-            channel.close()
+            handshake.ready(channel)
             watch(report)
         return
-    listener = seccomp.Listener(fds[0])
+    listener = seccomp.Listener(offered)
     problem = _probe_addfd(listener)
     if problem:
-        channel.send(b"E" + problem.encode())
+        handshake.failed(channel, problem)
         return
     try:
         listener.set_sync_wakeup()
@@ -115,7 +115,7 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     sockets = StackSockets(_rootless_helper)
     problem = _enter_stacks(sockets, config)
     if problem:
-        channel.send(b"E" + problem.encode())
+        handshake.failed(channel, problem)
         return
     budget = FdBudget.of_this_process()
     registry = StackRegistry(config.stacks, config.mapping, budget)
@@ -123,8 +123,7 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
                             colocate=synchronous and config.colocate)
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))
-    channel.send(b"R")
-    channel.close()
+    handshake.ready(channel)
     if report is None:
         supervisor.serve()
     else:

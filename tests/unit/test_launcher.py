@@ -1,6 +1,9 @@
-"""Launcher checks that need no privileges: the kernel feature gate and command lookup."""
+"""Launcher checks that need no privileges: the kernel feature gate, command lookup, and
+the launch plan for every shape of run."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -12,7 +15,11 @@ from mstack_bpf.core.errors import (
     CommandNotFound,
     Unsupported,
 )
+from mstack_bpf.core.families import AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, ALL_FAMILIES
+from mstack_bpf.core.model import NULL, Mapping, Stack, StackKind
 from mstack_bpf.launch import launcher
+from mstack_bpf.launch.plan import LaunchPlan, plan
+from mstack_bpf.seccomp.filter import FilterSpec, compile_filter
 
 
 def test_kernel_without_user_notification_fails_with_125_naming_it(
@@ -33,3 +40,56 @@ def test_command_lookup_follows_env_conventions() -> None:
         launcher.find_command("/")
     assert directory.value.exit_code == EXIT_CANNOT_EXECUTE
     assert launcher.find_command("sh").endswith("/sh")
+
+
+# --- the launch plan (launch/plan.py): every shape a run can take ---------------------------
+
+BLUE = Stack(StackKind.NETNS, "blue", "/run/netns/blue")
+IP = frozenset({AF_INET, AF_INET6, AF_NETLINK, AF_PACKET})
+
+
+def _plan(mapping: Mapping, chosen: frozenset[int] = ALL_FAMILIES, *, verbose: int = 0,
+          no_new_privs: bool = False, root: bool = True, nested: bool = False) -> LaunchPlan:
+    return plan(mapping, chosen, verbose=verbose, no_new_privs=no_new_privs, root=root,
+                nested=nested)
+
+
+def test_redirected_families_get_a_supervised_filter() -> None:
+    p = _plan(Mapping().with_families(IP, BLUE))
+    assert p.supervised and not p.watcher and not p.nested and not p.no_new_privs
+    assert p.filter == tuple(compile_filter(FilterSpec.from_mapping(Mapping().with_families(
+        IP, BLUE))))
+
+
+def test_locked_native_and_null_need_no_supervisor() -> None:
+    p = _plan(Mapping().with_families(IP, NULL).locked_all())
+    assert not p.supervised and not p.watcher and p.filter is not None
+
+
+def test_verbose_without_supervision_starts_a_watcher_and_holds_exit() -> None:
+    mapping = Mapping().with_families(IP, NULL).locked_all()
+    p = _plan(mapping, verbose=1)
+    assert p.watcher and not p.supervised
+    held = dataclasses.replace(FilterSpec.from_mapping(mapping), hold_exit=True)
+    assert p.filter == tuple(compile_filter(held))
+    assert _plan(Mapping().with_families(IP, BLUE), verbose=2).watcher is False
+
+
+def test_unprivileged_runs_set_no_new_privs() -> None:
+    assert _plan(Mapping(), root=False).no_new_privs
+    assert _plan(Mapping(), no_new_privs=True).no_new_privs
+    assert not _plan(Mapping()).no_new_privs
+
+
+def test_nested_unlocked_installs_nothing() -> None:
+    p = _plan(Mapping().with_families(IP, BLUE), IP, nested=True, root=False)
+    assert p == LaunchPlan(nested=True, filter=None, supervised=False, watcher=False,
+                           no_new_privs=False)
+
+
+def test_nested_lock_adds_a_listener_less_filter() -> None:
+    mapping = Mapping().with_families(IP, NULL).locked_all()
+    p = _plan(mapping, IP, nested=True, root=False, verbose=1)
+    spec = FilterSpec.nested_lock(mapping, IP)
+    assert p.nested and not p.supervised and not p.watcher and p.no_new_privs
+    assert p.filter == tuple(compile_filter(spec)) and not spec.supervised

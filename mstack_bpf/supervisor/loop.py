@@ -71,11 +71,36 @@ class Later:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """What completes a call (``struct seccomp_notif_resp``): a value, an errno (negative),
+    or CONTINUE. The loop sends it; handlers only return it."""
+
+    val: int = 0
+    error: int = 0
+    cont: bool = False
+
+
+@dataclass(frozen=True)
 class Done:
-    """A call answered (or dropped: its caller has gone), for the observers."""
+    """A call carried out: the ``reply`` the loop sends (None: nothing to send — ADDFD
+    with SEND completed it, or the caller has gone), and for the observers the outcome and
+    the result the caller sees (an fd, a value, or a negative errno)."""
 
     outcome: Outcome
     result: int
+    reply: Reply | None
+
+    @staticmethod
+    def failed(outcome: Outcome, code: int) -> Done:
+        return Done(outcome, -code, Reply(error=-code))
+
+    @staticmethod
+    def value(outcome: Outcome, value: int) -> Done:
+        return Done(outcome, value, Reply(val=value))
+
+    @staticmethod
+    def gone(outcome: Outcome) -> Done:
+        return Done(outcome, -errno.ENOENT, None)
 
 
 Step = Outcome | Later | Done
@@ -157,8 +182,9 @@ class Supervisor:
             code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
             if not isinstance(e, OSError):
                 log.error("tid %d: %s failed", tid, call, exc_info=e)
-            self._reply(nid, error=-code)
-            result = Done(Fail(code), -code)
+            result = Done.failed(Fail(code), code)
+        if result.reply is not None:
+            self._send(nid, result.reply)
         for observer in self.observers:
             observer(tid, call, result.outcome, result.result)
 
@@ -245,17 +271,15 @@ class Supervisor:
     def _carry_out(self, nid: int, tid: int, decision: Outcome) -> Done | Later:
         match decision:
             case Continue():
-                self._reply(nid, cont=True)
-                return Done(decision, 0)
+                return Done(decision, 0, Reply(cont=True))
             case Fail(errno=code):
-                self._reply(nid, error=-code)
-                return Done(decision, -code)
+                return Done.failed(decision, code)
             case Create():
-                return Done(decision, self._create(nid, tid, decision))
+                return self._create(nid, tid, decision)
             case CreatePair():
                 return self._create_pair(nid, tid, decision)
             case SetDefault():
-                return Done(decision, self._set_default(nid, tid, decision))
+                return self._set_default(nid, tid, decision)
             case InterfaceIoctl():
                 return self._interface_ioctl(nid, tid, decision)
         raise AssertionError(decision)
@@ -263,11 +287,10 @@ class Supervisor:
     def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> Done | Later:
         family = ifioctl.socket_family(tid, d.call.fd)
         if family is None:
-            self._reply(nid, error=-errno.ENOTTY)  # what these requests get on other files
-            return Done(d, -errno.ENOTTY)
+            return Done.failed(d, errno.ENOTTY)  # what these requests get on other files
         rights, reopened = self.sockets.caller_rights(tid)
         if reopened and not self.listener.id_valid(nid):
-            return Done(d, -errno.ENOENT)  # the credentials read may be another task's
+            return Done.gone(d)  # the credentials read may be another task's
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
             sock = self.sockets.ioctl_socket(ns_fd, ns_ino, ifioctl.carrier_family(family))
@@ -278,26 +301,19 @@ class Supervisor:
         # and the request itself (the worker thread takes the caller's credentials).
         return Later(lambda: ifioctl.answer(tid, sock, d.call.request, d.call.argp,
                                             self._valid(nid), rights, d.call.compat),
-                     lambda value: self._answered(nid, d, value))
+                     lambda value: Done.value(d, value))
 
-    def _answered(self, nid: int, outcome: Outcome, value: int) -> Done:
-        self._reply(nid, val=value)
-        return Done(outcome, value)
-
-    def _set_default(self, nid: int, tid: int, d: SetDefault) -> int:
+    def _set_default(self, nid: int, tid: int, d: SetDefault) -> Done:
         if self.tables.has_foreign_fd(tid):
-            self._reply(nid, error=-errno.EBUSY)  # never close a descriptor of the target's
-            return -errno.EBUSY
+            return Done.failed(d, errno.EBUSY)  # never close a descriptor of the target's
         table = self.tables.table_for(tid).with_families(d.families, d.stack)
         marker = self.tables.marker_for(table)
         try:
             self.listener.addfd(nid, marker, cloexec=False, newfd=MARKER_FD, send=False)
         except SyscallError as e:
-            code = errno.EMFILE if e.errno == errno.EBADF else (e.errno or errno.EIO)
-            self._reply(nid, error=-code)
-            return -code
-        self._reply(nid)
-        return 0
+            return Done.failed(d, errno.EMFILE if e.errno == errno.EBADF else (
+                e.errno or errno.EIO))
+        return Done.value(d, 0)
 
     def _namespace(self, tid: int, stack: Stack) -> tuple[int, int, bool]:
         """fd and inode of the namespace to make a socket in; True if the fd is ours to close."""
@@ -307,12 +323,12 @@ class Supervisor:
         opened = self.registry.get(stack)
         return opened.fd, opened.ino, False
 
-    def _create(self, nid: int, tid: int, d: Create) -> int:
+    def _create(self, nid: int, tid: int, d: Create) -> Done:
         try:
             target = self.sockets.target(tid, d.family, d.type, d.protocol)
         except OSError as e:
             if e.errno in _GONE and not self.listener.id_valid(nid):
-                return -errno.ENOENT
+                return Done.gone(d)
             raise  # a caller still waiting gets the errno: never left unanswered
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         # Whatever was just opened through /proc by tid must be the caller's: the tid may
@@ -322,23 +338,21 @@ class Supervisor:
                 self.listener.id_valid(nid)):
             if temporary:
                 os.close(ns_fd)
-            return -errno.ENOENT
+            return Done.gone(d)
         try:
             fd = self.sockets.make(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         except OSError as e:
-            code = e.errno or errno.EIO
-            self._reply(nid, error=-code)
-            return -code
+            return Done.failed(d, e.errno or errno.EIO)
         finally:
             if temporary:
                 os.close(ns_fd)
-        try:
-            return self.injector.inject(nid, tid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
+        try:  # ADDFD with SEND installs the socket and completes the call: nothing to send
+            installed = self.injector.inject(nid, tid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
+            return Done(d, installed, None)
         except SyscallError as e:
             if e.errno == errno.ENOENT:  # the target died or was interrupted meanwhile
-                return -errno.ENOENT
-            self._reply(nid, error=-(e.errno or errno.EIO))  # e.g. EMFILE in the target
-            return -(e.errno or errno.EIO)
+                return Done.gone(d)
+            return Done.failed(d, e.errno or errno.EIO)  # e.g. EMFILE in the target
         finally:
             os.close(fd)
 
@@ -349,7 +363,7 @@ class Supervisor:
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
             if not self.listener.id_valid(nid):
-                return Done(d, -errno.ENOENT)  # what was read through /proc: another task's?
+                return Done.gone(d)  # what was read through /proc may be another task's
             pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         finally:
             if temporary:
@@ -365,11 +379,12 @@ class Supervisor:
             for fd in pair:
                 os.close(fd)
         return Later(lambda: procmem.write(tid, d.sv, ends),
-                     lambda _: self._answered(nid, d, 0))
+                     lambda _: Done.value(d, 0))
 
-    def _reply(self, nid: int, error: int = 0, cont: bool = False, val: int = 0) -> None:
+    def _send(self, nid: int, reply: Reply) -> None:
+        """Complete call ``nid`` (a caller gone meanwhile needs no answer)."""
         try:
-            self.listener.send(nid, val=val, error=error, cont=cont)
+            self.listener.send(nid, val=reply.val, error=reply.error, cont=reply.cont)
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
@@ -390,9 +405,14 @@ def describe(tid: int, call: object, decision: Outcome, result: int) -> str:
     family = getattr(call, "family", None)
     fam = family_name(family) if isinstance(family, int) and family > 0 else "-"
     what = type(call).__name__.removesuffix("Call").lower()
-    if isinstance(decision, Create | SetDefault):
+    if isinstance(decision, Create | CreatePair | SetDefault):
         where = decision.stack.name
     else:
         where = type(decision).__name__.lower()
-    outcome = f"fd {result}" if result >= 0 else errno.errorcode.get(-result, str(result))
+    if isinstance(decision, Continue):
+        outcome = "the kernel's own"
+    elif result < 0:
+        outcome = errno.errorcode.get(-result, str(result))
+    else:
+        outcome = f"fd {result}" if isinstance(decision, Create) else str(result)
     return f"tid {tid} {what} {fam} -> {where}: {outcome}"

@@ -12,7 +12,6 @@ from mstack_bpf.core.abi import (
     NR_EXIT_GROUP_X86_64,
     NR_IOCTL_I386,
     NR_IOCTL_X86_64,
-    SOCK_CLOEXEC,
     SOCK_PACKET,
     SOCK_TYPE_MASK,
     SYS_SOCKET,
@@ -35,10 +34,6 @@ class SocketCall:
     type: int
     protocol: int
     from_memory: bool = False
-
-    @property
-    def cloexec(self) -> bool:
-        return bool(self.type & SOCK_CLOEXEC)
 
 
 @dataclass(frozen=True)

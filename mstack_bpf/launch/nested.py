@@ -10,16 +10,17 @@ from __future__ import annotations
 import errno
 import socket
 
+from mstack_bpf.core.abi import SOCK_DEFAULT
 from mstack_bpf.core.errors import LockedError, MstackError
 from mstack_bpf.core.families import ALL_FAMILIES, family_name
 from mstack_bpf.core.model import Mapping, Stack, StackKind
-from mstack_bpf.msocket import SOCK_DEFAULT, NotUnderMstack, _call
+from mstack_bpf.msocket import NotUnderMstack, call
 
 
 def outer_supervisor() -> bool:
     """Whether this process runs under an mstack; raises :class:`LockedError` if locked."""
     try:
-        _call(None, socket.AF_UNSPEC, SOCK_DEFAULT, 0)
+        call(None, socket.AF_UNSPEC, SOCK_DEFAULT, 0)
     except NotUnderMstack:
         return False
     except OSError as e:
@@ -47,7 +48,7 @@ def set_defaults(mapping: Mapping, chosen: frozenset[int]) -> None:
         targets = [socket.AF_UNSPEC] if len(families) == len(ALL_FAMILIES) else families
         for family in targets:
             try:
-                _call(_path(stack), family, SOCK_DEFAULT, 0)
+                call(_path(stack), family, SOCK_DEFAULT, 0)
             except OSError as e:
                 what = "all families" if family == socket.AF_UNSPEC else family_name(family)
                 if e.errno == errno.EPERM:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mstack_bpf.linux._ffi import check, libc
 
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
@@ -25,3 +26,8 @@ def set_name(name: str) -> None:
 
 def set_dumpable(dumpable: bool) -> None:
     check(libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+def set_death_signal(sig: int) -> None:
+    """The signal this process gets when its parent (thread) dies (PR_SET_PDEATHSIG)."""
+    check(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

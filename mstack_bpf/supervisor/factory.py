@@ -9,7 +9,6 @@ privilege over (a rootless stack) is served by a helper process that entered it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -20,18 +19,12 @@ from typing import NamedTuple, Protocol
 
 from mstack_bpf.core.abi import SOCK_CLOEXEC
 from mstack_bpf.core.calls import needs_full_credentials
-from mstack_bpf.linux import cgroup, netns
+from mstack_bpf.linux import cgroup, netns, sockets
 from mstack_bpf.linux import creds as creds_mod
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.creds import Creds, FsIds
 
 IOCTL_SOCKETS = 64
-_socket = libc.socket
-_socket.restype = ctypes.c_int
-_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-_socketpair = libc.socketpair
-_socketpair.restype = ctypes.c_int
-_socketpair.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
 
@@ -51,20 +44,6 @@ class SocketMaker(Protocol):
     def make_pair(self, family: int, sock_type: int, protocol: int) -> tuple[int, int]: ...
 
     def close(self) -> None: ...
-
-
-def raw_socket(family: int, sock_type: int, protocol: int) -> int:
-    fd: int = _socket(family, sock_type | SOCK_CLOEXEC, protocol)
-    if fd < 0:
-        raise SyscallError(ctypes.get_errno(), "socket")
-    return fd
-
-
-def raw_socketpair(family: int, sock_type: int, protocol: int) -> tuple[int, int]:
-    pair = (ctypes.c_int * 2)()
-    if _socketpair(family, sock_type | SOCK_CLOEXEC, protocol, pair) < 0:
-        raise SyscallError(ctypes.get_errno(), "socketpair")
-    return pair[0], pair[1]
 
 
 class StackSockets:
@@ -115,9 +94,9 @@ class StackSockets:
             return helper.make_socket(family, sock_type | SOCK_CLOEXEC, protocol)
         switch = self._as(creds, family, sock_type, protocol)
         if switch is None:  # the hot path: no context manager
-            return raw_socket(family, sock_type, protocol)
+            return sockets.make(family, sock_type, protocol)
         with switch:
-            return raw_socket(family, sock_type, protocol)
+            return sockets.make(family, sock_type, protocol)
 
     def make_pair(self, ns_fd: int, ns_ino: int, family: int, sock_type: int, protocol: int,
                   target: Target) -> tuple[int, int]:
@@ -127,7 +106,7 @@ class StackSockets:
             if helper is not None:
                 return helper.make_pair(family, sock_type | SOCK_CLOEXEC, protocol)
             with self._as(target.creds, family, sock_type, protocol) or contextlib.nullcontext():
-                return raw_socketpair(family, sock_type, protocol)
+                return sockets.make_pair(family, sock_type, protocol)
 
     def _place(self, helper: SocketMaker | None,
                target: Target) -> AbstractContextManager[None] | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -34,7 +33,8 @@ import socket
 import struct
 
 from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWUSER
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux import prctl, sockets
+from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.netns import check_netns, ns_inode, owning_userns, setns
 
 _REQ = struct.Struct("<iiii")
@@ -48,15 +48,8 @@ _STEPS = {
     4: "setns(CLONE_NEWUSER)",
     5: "setns(CLONE_NEWNET)",
 }
-_PR_SET_PDEATHSIG = 1
 _CMSG_SPACE = socket.CMSG_SPACE(8)
 
-_socket = libc.socket
-_socket.restype = ctypes.c_int
-_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-_socketpair = libc.socketpair
-_socketpair.restype = ctypes.c_int
-_socketpair.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
 class NetnsSocketHelper:
@@ -141,7 +134,7 @@ def _serve(sock: socket.socket, netns_path: str) -> None:  # pragma: no cover - 
     try:
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl.set_death_signal(signal.SIGKILL)
         # Open first: the path may name an fd we inherited (/proc/self/fd/N) — a
         # non-dumpable parent's /proc/PID/fd is closed to us.
         try:
@@ -194,16 +187,15 @@ def _loop(sock: socket.socket) -> None:  # pragma: no cover - helper
                 os.close(f)
             return
         what, family, type_, proto = _REQ.unpack(data)
-        if what == _PAIR:
-            pair = (ctypes.c_int * 2)()
-            made = [pair[0], pair[1]] if _socketpair(family, type_, proto, pair) == 0 else []
-        elif what == _SOCKET:
-            new = _socket(family, type_, proto)
-            made = [new] if new >= 0 else []
-        else:
-            return
-        if not made:
-            sock.send(_REPLY.pack(ctypes.get_errno() or errno.EIO))
+        try:
+            if what == _PAIR:
+                made = list(sockets.make_pair(family, type_, proto, cloexec=False))
+            elif what == _SOCKET:
+                made = [sockets.make(family, type_, proto, cloexec=False)]
+            else:
+                return
+        except SyscallError as e:
+            sock.send(_REPLY.pack(e.errno or errno.EIO))
             continue
         try:
             socket.send_fds(sock, [_REPLY.pack(0)], made)

@@ -53,9 +53,6 @@ class StackRegistry:
     def get(self, stack: Stack) -> OpenStack:
         return self._by_stack[stack]
 
-    def known(self, ino: int) -> bool:
-        return ino in self._by_ino
-
     def open_for_target(self, raw: bytes, tid: int, sockets: StackSockets,
                         still_valid: Callable[[], bool]) -> Stack:
         """The stack msocket's ``raw`` path names: :meth:`locate`, then :meth:`admit`."""

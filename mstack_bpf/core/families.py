@@ -91,27 +91,32 @@ def parse_item(item: str) -> frozenset[int]:
     raise FamilyListError(item, "unknown family")
 
 
+def split_sign(item: str) -> tuple[str, str]:
+    """An ``-o`` item's own sign (``+``, ``-`` or none) and what it names."""
+    text = item.strip()
+    sign = text[:1] if text[:1] in ("+", "-") else ""
+    return sign, text[len(sign):]
+
+
+def apply_item(current: frozenset[int] | None, sign: str,
+               families: frozenset[int]) -> frozenset[int]:
+    """One signed item applied to ``current``; the very first item (``current`` None)
+    starts from all families if it removes (``-``), else from none."""
+    if current is None:
+        current = ALL_FAMILIES if sign == "-" else frozenset()
+    return current - families if sign == "-" else current | families
+
+
 def apply_list(current: frozenset[int] | None, spec: str) -> frozenset[int]:
     """Apply one ``-o`` list to ``current`` (None: no ``-o`` seen yet) and return the set.
-
-    A first list whose first item starts with ``-`` starts from all families; a first list
-    that starts otherwise starts from none. Later lists continue from ``current``.
-    """
-    items = spec.split(",")
-    if current is None:
-        current = ALL_FAMILIES if items[0].strip().startswith("-") else frozenset()
-    result = set(current)
-    for raw in items:
-        item = raw.strip()
-        sign = item[:1]
-        if sign in ("+", "-") and not item[1:].strip():
-            raise FamilyListError(item, "a sign without a family")
-        families = parse_item(item[1:] if sign in ("+", "-") else item)
-        if sign == "-":
-            result -= families
-        else:
-            result |= families
-    return frozenset(result)
+    Each item's sign is its own (View-OS leaked a sign onto the following items)."""
+    for raw in spec.split(","):
+        sign, rest = split_sign(raw)
+        if sign and not rest.strip():
+            raise FamilyListError(raw.strip(), "a sign without a family")
+        current = apply_item(current, sign, parse_item(rest))
+    assert current is not None  # split always yields an item
+    return current
 
 
 def parse_lists(specs: Iterable[str]) -> frozenset[int]:

@@ -32,6 +32,8 @@ class Stack:
 
 NATIVE = Stack(StackKind.NATIVE, "native")
 NULL = Stack(StackKind.NULL, "null")
+#: the built-in stacks by name: no file is looked up for these
+BUILTIN = {"null": NULL, "native": NATIVE}
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mstack_bpf.core.errors import UsageError
-from mstack_bpf.core.families import ALL_FAMILIES, FamilyListError, family_name, parse_item
-from mstack_bpf.core.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.core.families import (
+    ALL_FAMILIES,
+    FamilyListError,
+    apply_item,
+    family_name,
+    parse_item,
+    split_sign,
+)
+from mstack_bpf.core.model import BUILTIN, NATIVE, Mapping, Stack, StackKind
 from mstack_bpf.core.tomlscan import Lines
 
-_RESERVED = {"null": NULL, "native": NATIVE}
 _TOP_KEYS = ("description", "stacks", "families", "lock", "msocket", "options")
 _SECTION_KEYS = {"lock": ("families",), "msocket": ("allow",), "options": ("no_new_privs",)}
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -113,7 +119,7 @@ class _Parser:
         for name, ref in table.items():
             line = self.lines.of("stacks", name)
             where = f"[stacks] {shown(name)}"
-            if name in _RESERVED:
+            if name in BUILTIN:
                 self.error(line, f"{where}: {name!r} is built in and cannot be redefined")
             elif not _STACK_NAME.fullmatch(name):
                 self.error(line, f"{where}: a stack name is letters, digits, '_', '-', '.'")
@@ -123,7 +129,7 @@ class _Parser:
                 self.error(line, f"{where}: empty stack reference")
             elif not ref.isprintable():  # a NUL would fail open(2) with ValueError
                 self.error(line, f"{where}: {ref!r}: a stack reference is printable text")
-            elif ref in _RESERVED or ref.removeprefix("/dev/net/") in _RESERVED:
+            elif ref in BUILTIN or ref.removeprefix("/dev/net/") in BUILTIN:
                 self.error(line, f"{where}: {ref!r} is built in: use it in [families] directly")
             elif "/" in ref and not ref.startswith("/"):
                 self.error(line, f"{where}: relative path {ref!r}: write it absolute")
@@ -136,8 +142,8 @@ class _Parser:
         if not isinstance(value, str):
             self.error(line, f"{where}: a stack name must be a string, not {_type_name(value)}")
             return None
-        if value in _RESERVED:
-            return _RESERVED[value]
+        if value in BUILTIN:
+            return BUILTIN[value]
         if value in defs:
             return Stack(StackKind.NETNS, value)
         hint = " (paths go in [stacks])" if "/" in value else " (define it in [stacks])"
@@ -203,21 +209,17 @@ class _Parser:
         if isinstance(value, bool):
             return ALL_FAMILIES if value else frozenset()
         path = ("lock", "families")
-        result: set[int] | None = None
+        result: frozenset[int] | None = None
         for item, line in self.string_list(value, path):
-            text = item.strip()
-            sign = text[:1] if text[:1] in "+-" else ""
-            if result is None:
-                result = set(ALL_FAMILIES) if sign == "-" else set()
-            chosen = self.family_item(text[len(sign):], "[lock] families", line)
-            result = result - chosen if sign == "-" else result | chosen
-        return frozenset(result or ())
+            sign, rest = split_sign(item)
+            result = apply_item(result, sign, self.family_item(rest, "[lock] families", line))
+        return result or frozenset()
 
     def allow(self, table: dict[str, object], defs: dict[str, StackDef]) -> tuple[Stack, ...]:
         allowed: dict[Stack, None] = {}
         for name, line in self.string_list(table.get("allow", []), ("msocket", "allow")):
             where = "[msocket] allow"
-            if name in _RESERVED:
+            if name in BUILTIN:
                 self.error(line, f"{where}: {name!r} is built in: msocket may always name it")
             elif (stack := self.stack_value(name, where, line, defs)) is not None:
                 allowed.setdefault(stack)

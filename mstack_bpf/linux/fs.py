@@ -14,7 +14,6 @@ import errno
 import os
 import re
 import stat
-import struct
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
@@ -35,6 +34,43 @@ NSFS_MAGIC = 0x6E736673
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
+class Statfs(ctypes.Structure):
+    """``struct statfs`` (x86_64, ``asm-generic/statfs.h``)."""
+
+    _fields_ = [("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
+                ("f_blocks", ctypes.c_ulong), ("f_bfree", ctypes.c_ulong),
+                ("f_bavail", ctypes.c_ulong), ("f_files", ctypes.c_ulong),
+                ("f_ffree", ctypes.c_ulong), ("f_fsid", ctypes.c_int * 2),
+                ("f_namelen", ctypes.c_long), ("f_frsize", ctypes.c_long),
+                ("f_flags", ctypes.c_long), ("f_spare", ctypes.c_long * 4)]
+
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32),
+                ("reserved", ctypes.c_int32)]
+
+
+class Statx(ctypes.Structure):
+    """``struct statx`` (``linux/stat.h``), the fields up to ``stx_mnt_id`` and room for
+    the rest (256 bytes in all)."""
+
+    _fields_ = [("stx_mask", ctypes.c_uint32), ("stx_blksize", ctypes.c_uint32),
+                ("stx_attributes", ctypes.c_uint64), ("stx_nlink", ctypes.c_uint32),
+                ("stx_uid", ctypes.c_uint32), ("stx_gid", ctypes.c_uint32),
+                ("stx_mode", ctypes.c_uint16), ("spare0", ctypes.c_uint16),
+                ("stx_ino", ctypes.c_uint64), ("stx_size", ctypes.c_uint64),
+                ("stx_blocks", ctypes.c_uint64), ("stx_attributes_mask", ctypes.c_uint64),
+                ("stx_atime", _StatxTimestamp), ("stx_btime", _StatxTimestamp),
+                ("stx_ctime", _StatxTimestamp), ("stx_mtime", _StatxTimestamp),
+                ("stx_rdev_major", ctypes.c_uint32), ("stx_rdev_minor", ctypes.c_uint32),
+                ("stx_dev_major", ctypes.c_uint32), ("stx_dev_minor", ctypes.c_uint32),
+                ("stx_mnt_id", ctypes.c_uint64), ("spare", ctypes.c_uint64 * 13)]
+
+
+assert ctypes.sizeof(Statx) == 256 and Statx.stx_mnt_id.offset == 144
+assert ctypes.sizeof(Statfs) == 120
+
+
 _fstatfs = libc.fstatfs
 _fstatfs.restype = ctypes.c_int
 
@@ -155,10 +191,10 @@ def open_beneath(dir_fd: int, path: str) -> int:
 
 def fs_type(fd: int) -> int:
     """``f_type`` of the filesystem ``fd`` is on (works on ``O_PATH`` descriptors)."""
-    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first long
-    if _fstatfs(fd, buf) < 0:
+    buf = Statfs()
+    if _fstatfs(fd, ctypes.byref(buf)) < 0:
         raise SyscallError(ctypes.get_errno(), "fstatfs")
-    value: int = struct.unpack_from("=q", buf)[0]
+    value: int = buf.f_type
     return value
 
 
@@ -173,14 +209,12 @@ class MountedInode(NamedTuple):
 
 def mounted_inode(path: str) -> MountedInode:
     """``statx(2)`` mount id, device and inode of ``path`` (symlinks followed)."""
-    buf = ctypes.create_string_buffer(256)  # struct statx
+    buf = Statx()
     if _syscall(ctypes.c_long(NR_statx), ctypes.c_int(AT_FDCWD), os.fsencode(path),
-                ctypes.c_int(0), ctypes.c_uint(STATX_INO | STATX_MNT_ID), buf) < 0:
+                ctypes.c_int(0), ctypes.c_uint(STATX_INO | STATX_MNT_ID), ctypes.byref(buf)) < 0:
         raise SyscallError(ctypes.get_errno(), "statx", path)
-    mask, = struct.unpack_from("=I", buf, 0)
+    mask = buf.stx_mask
     if not mask & STATX_MNT_ID:
         raise SyscallError(errno.ENOSYS, "statx", f"{path}: no mount id")
-    ino, = struct.unpack_from("=Q", buf, 32)
-    major, minor = struct.unpack_from("=II", buf, 136)
-    mnt_id, = struct.unpack_from("=Q", buf, 144)
+    ino, major, minor, mnt_id = buf.stx_ino, buf.stx_dev_major, buf.stx_dev_minor, buf.stx_mnt_id
     return MountedInode(mnt_id, os.makedev(major, minor), ino)

@@ -43,11 +43,12 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
+from mstack_bpf.core.model import BUILTIN
 from mstack_bpf.stacks.errors import InvalidName, UnsafeStateDir
 
 NETNS_DIR = "/run/netns"
 ROOT_STATE_DIR = "/run/mstack/stacks"
-RESERVED = frozenset({"null", "native"})
+RESERVED = frozenset(BUILTIN)  # a stack may not take a built-in name
 NAME_MAX = 32
 TMP_DIR = "/tmp"  # parent of the fallback BASE (a constant the tests move)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mstack_bpf.core.errors import StackError
-from mstack_bpf.core.model import NATIVE, NULL, Stack, StackKind
+from mstack_bpf.core.model import BUILTIN, Stack, StackKind
 from mstack_bpf.linux import netns
 
 NETNS_RUN_DIR = "/run/netns"
-_RESERVED = {"null": NULL, "native": NATIVE}
 
 
 def user_stack(name: str, uid: int | None = None,
@@ -32,10 +31,10 @@ def user_stack(name: str, uid: int | None = None,
 
 def resolve(name: str) -> Stack:
     """The stack ``name`` refers to; raises :class:`StackError` if there is none."""
-    if name in _RESERVED:
-        return _RESERVED[name]
-    if name.startswith("/dev/net/") and name[9:] in _RESERVED and not os.path.lexists(name):
-        return _RESERVED[name[9:]]
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name.startswith("/dev/net/") and name[9:] in BUILTIN and not os.path.lexists(name):
+        return BUILTIN[name[9:]]
     if not name:
         raise StackError("empty stack name")
     if "/" in name:

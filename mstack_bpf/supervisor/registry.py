@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from mstack_bpf.core.model import NATIVE, NULL, Mapping, Stack, StackKind
+from mstack_bpf.core.model import BUILTIN, Mapping, Stack, StackKind
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import fs, netns
 from mstack_bpf.stacks.resolve import NETNS_RUN_DIR, OpenStack, user_stack
@@ -21,7 +21,7 @@ from mstack_bpf.supervisor.targetview import TargetView, canonical
 
 CAP_SYS_ADMIN = 21
 MAX_NAMED = 1024  # namespaces a tree may name in msocket beyond those of its mapping
-_RESERVED = {b"null": NULL, b"native": NATIVE}
+_BUILTIN = {name.encode(): stack for name, stack in BUILTIN.items()}
 
 
 class Located(NamedTuple):
@@ -74,15 +74,15 @@ class StackRegistry:
         ids ``ids``: a built-in stack, or an open namespace. OSError ENOENT (no file),
         ENOTSUP (not a stack). It may wait on the target's filesystems (FUSE) as long as
         they like, and touches nothing of the registry: it runs off the supervisor loop."""
-        if raw in _RESERVED:
-            return _RESERVED[raw]
+        if raw in _BUILTIN:
+            return _BUILTIN[raw]
         if not raw:
             raise OSError(errno.ENOENT, "empty path")  # as open("") answers
         name = raw.decode("utf-8", "surrogateescape")
         candidates = StackRegistry._candidates(name, tid)
-        if name.startswith("/dev/net/") and raw[9:] in _RESERVED and not any(
+        if name.startswith("/dev/net/") and raw[9:] in _BUILTIN and not any(
                 _exists(opener) for _, opener in candidates):
-            return _RESERVED[raw[9:]]
+            return _BUILTIN[raw[9:]]
         return Located(name, StackRegistry._open_first(candidates, ids))
 
     def admit(self, found: Stack | Located, tid: int, still_valid: Callable[[], bool]) -> Stack:

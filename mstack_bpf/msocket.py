@@ -15,7 +15,7 @@ import socket
 
 from mstack_bpf.core.abi import SOCK_DEFAULT
 from mstack_bpf.linux import sockets
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 
 
 class NotUnderMstack(OSError):

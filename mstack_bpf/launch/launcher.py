@@ -26,7 +26,7 @@ from mstack_bpf.launch import handshake, nested
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.launch.plan import LaunchPlan, plan
 from mstack_bpf.linux import prctl, seccomp
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.seccomp.program import (
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 
 MOUNTINFO = "/proc/self/mountinfo"
 OPEN_CGROUPS = 64

@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Generic, NamedTuple, TypeVar
 
 from mstack_bpf.linux import pidfd
-from mstack_bpf.linux._ffi import syscall
+from mstack_bpf.linux.ffi import syscall
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.ffi import SyscallError, libc
 
 NR_openat2 = 437
 NR_statx = 332

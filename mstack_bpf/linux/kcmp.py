@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.ffi import SyscallError, libc
 
 NR_kcmp = 312
 KCMP_FILE = 0

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.ffi import SyscallError, libc
 
 _P = ctypes.c_void_p
 _SIZE = ctypes.c_size_t

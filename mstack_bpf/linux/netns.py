@@ -19,7 +19,7 @@ import struct
 
 from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
 from mstack_bpf.linux import fs
-from mstack_bpf.linux._ffi import SyscallError, io, ioctl, ioctl_value, libc
+from mstack_bpf.linux.ffi import SyscallError, io, ioctl, ioctl_value, libc
 
 # sched.h
 

@@ -14,7 +14,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from mstack_bpf.linux._ffi import SyscallError, iowr, raw_ioctl, syscall
+from mstack_bpf.linux.ffi import SyscallError, iowr, raw_ioctl, syscall
 
 PIDFD_THREAD = os.O_EXCL  # Linux 6.9
 PIDFD_INFO_CREDS = 1 << 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mstack_bpf.linux._ffi import check, libc
+from mstack_bpf.linux.ffi import check, libc
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4

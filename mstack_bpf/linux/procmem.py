@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 
-from mstack_bpf.linux._ffi import SyscallError, syscall
+from mstack_bpf.linux.ffi import SyscallError, syscall
 
 NR_process_vm_readv = 310
 NR_process_vm_writev = 311
@@ -51,3 +52,60 @@ def write(pid: int, address: int, data: bytes) -> None:
                    ctypes.addressof(remote), 1, 0, call="process_vm_writev")
     if done != len(data):
         raise SyscallError(errno.EFAULT, "process_vm_writev")
+
+
+class Pinned:
+    """Thread ``tid``'s address space held through ``/proc/TID/mem``, for writing to it.
+
+    ``process_vm_writev`` takes a pid, which may name another process by the time a slow
+    write happens (the caller killed, its pid reused). A descriptor of ``/proc/TID/mem``
+    stays bound to the address space it was opened on: open it, then confirm the caller is
+    still waiting (the notification is still valid), and the writes can reach no one else.
+    Writes through it would ignore page protections, so the mapping's own permissions are
+    checked first (``/proc/TID/maps``, opened with it): EFAULT as the kernel would answer.
+    """
+
+    def __init__(self, tid: int) -> None:
+        self.mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.maps = os.open(f"/proc/{tid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self.mem)
+            raise
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write ``data`` at ``address``; EFAULT unless all of it is writable memory."""
+        if not _writable(self._mappings(), address, len(data)):
+            raise SyscallError(errno.EFAULT, "write", "(not writable in the caller)")
+        try:
+            done = os.pwrite(self.mem, data, address)
+        except OSError as e:
+            raise SyscallError(e.errno or errno.EFAULT, "pwrite(/proc/TID/mem)") from None
+        if done != len(data):
+            raise SyscallError(errno.EFAULT, "pwrite(/proc/TID/mem)")
+
+    def _mappings(self) -> bytes:
+        chunks, offset = [], 0
+        while chunk := os.pread(self.maps, 1 << 16, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        os.close(self.maps)
+        os.close(self.mem)
+
+
+def _writable(maps: bytes, address: int, size: int) -> bool:
+    """Whether ``[address, address + size)`` lies in writable mappings (proc(5) maps)."""
+    end = address + size
+    for line in maps.splitlines():
+        span, perms = line.split(b" ", 2)[:2]
+        low, high = (int(x, 16) for x in span.split(b"-"))
+        if low <= address < high:
+            if perms[1:2] != b"w":
+                return False
+            if end <= high:
+                return True
+            address = high  # the rest must be in the next mapping
+    return False

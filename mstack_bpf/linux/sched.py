@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.ffi import SyscallError, libc
 
 NR_sched_setaffinity = 203
 NR_sched_getaffinity = 204

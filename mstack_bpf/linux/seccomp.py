@@ -13,7 +13,7 @@ import struct
 from typing import NamedTuple
 
 from mstack_bpf.linux import _colocate
-from mstack_bpf.linux._ffi import SyscallError, ioctl, ioctl_value, iow, iowr, raw_ioctl, syscall
+from mstack_bpf.linux.ffi import SyscallError, ioctl, ioctl_value, iow, iowr, raw_ioctl, syscall
 from mstack_bpf.linux.sched import CpuSet
 from mstack_bpf.seccomp.program import (
     SECCOMP_RET_ALLOW,
@@ -185,7 +185,6 @@ class Listener:
         self.notif = SeccompNotif()
         self._resp = SeccompNotifResp()
         self._addfd = SeccompNotifAddfd()
-        self._id = ctypes.c_uint64()
         # addresses taken once: these calls run for every notification
         self._notif_at = ctypes.addressof(self.notif)
         self._notif_bytes = memoryview(self.notif).cast("B")  # zeroed by slice assignment
@@ -205,9 +204,11 @@ class Listener:
         return self.notif
 
     def id_valid(self, notif_id: int) -> bool:
-        self._id.value = notif_id
+        """Whether call ``notif_id`` is still pending (its caller alive and waiting). Any
+        thread may ask (the slow lane's workers do): the id gets a buffer of its own."""
         try:
-            ioctl(self.fd, IOCTL_NOTIF_ID_VALID, self._id, "ioctl(SECCOMP_IOCTL_NOTIF_ID_VALID)")
+            ioctl(self.fd, IOCTL_NOTIF_ID_VALID, ctypes.c_uint64(notif_id),
+                  "ioctl(SECCOMP_IOCTL_NOTIF_ID_VALID)")
         except OSError:
             return False
         return True

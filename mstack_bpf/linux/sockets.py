@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import struct
 
 from mstack_bpf.core.abi import MSOCKET_NR, SOCK_CLOEXEC
-from mstack_bpf.linux._ffi import SyscallError, libc
+from mstack_bpf.linux.ffi import SyscallError, libc
 
 _socket = libc.socket
 _socket.restype = ctypes.c_int
@@ -19,6 +21,12 @@ _socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
 _socketpair = libc.socketpair
 _socketpair.restype = ctypes.c_int
 _socketpair.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_getsockopt = libc.getsockopt
+_getsockopt.restype = ctypes.c_int
+_getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                        ctypes.c_void_p]
+SOL_SOCKET = 1
+SO_DOMAIN = 39
 _syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_long,
                             ctypes.c_long, ctypes.c_long, use_errno=True)(("syscall", libc))
 
@@ -40,6 +48,15 @@ def make_pair(family: int, sock_type: int, protocol: int,
     return pair[0], pair[1]
 
 
+def domain(fd: int) -> int:
+    """``SO_DOMAIN`` of socket ``fd``; ENOTSOCK (asking no filesystem) for other files."""
+    value = ctypes.c_int()
+    size = ctypes.c_uint(ctypes.sizeof(value))
+    if _getsockopt(fd, SOL_SOCKET, SO_DOMAIN, ctypes.byref(value), ctypes.byref(size)) < 0:
+        raise SyscallError(ctypes.get_errno() or errno.EIO, "getsockopt(SO_DOMAIN)")
+    return value.value
+
+
 def msocket(path: bytes | None, family: int, sock_type: int, protocol: int) -> int:
     """The virtual ``msocket(path, domain, type, protocol)`` call (-5, as in VUOS); ENOSYS
     where no mstack supervisor answers it."""
@@ -48,3 +65,18 @@ def msocket(path: bytes | None, family: int, sock_type: int, protocol: int) -> i
         raise SyscallError(ctypes.get_errno() or errno.EIO, "msocket",
                            (path or b"(default)").decode(errors="replace"))
     return result
+
+
+SIOCGIFCONF = 0x8912
+_IFCONF = struct.Struct("=i4xQ")  # int ifc_len; (pad); union { char *; struct ifreq * }
+
+
+def ifconf(fd: int, size: int, sized_only: bool = False) -> bytes:
+    """``SIOCGIFCONF`` on socket ``fd`` with room for ``size`` bytes of ``struct ifreq``
+    records: the records (netdevice(7)); with ``sized_only`` a NULL buffer, and as many zero
+    bytes as the kernel says the records would take."""
+    buf = ctypes.create_string_buffer(max(size, 1))
+    arg = bytearray(_IFCONF.pack(size, 0 if sized_only else ctypes.addressof(buf)))
+    fcntl.ioctl(fd, SIOCGIFCONF, arg)
+    got: int = _IFCONF.unpack(arg)[0]
+    return bytes(got) if sized_only else buf.raw[:got]

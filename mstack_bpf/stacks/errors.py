@@ -1,7 +1,7 @@
 """Errors of stack management; the CLI maps each to one line and an exit code.
 
 Every error is an ``OSError`` subclass only where a system call failed
-(:class:`mstack_bpf.linux._ffi.SyscallError`); the rest derive from :class:`ManageError`,
+(:class:`mstack_bpf.linux.ffi.SyscallError`); the rest derive from :class:`ManageError`,
 an :class:`MstackError` whose exit code says whether the request itself was wrong (2) or
 carrying it out failed (125).
 """

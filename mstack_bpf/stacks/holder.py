@@ -18,7 +18,7 @@ import socket
 import struct
 
 from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWUSER
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.netns import unshare
 from mstack_bpf.stacks import tools
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mstack_bpf.core.errors import StackError
 from mstack_bpf.core.model import BUILTIN, Stack, StackKind
 from mstack_bpf.linux import netns
+from mstack_bpf.stacks import paths
 
 NETNS_RUN_DIR = "/run/netns"
 
@@ -22,11 +23,7 @@ def user_stack(name: str, uid: int | None = None,
                environ: Mapping[str, str] | None = None) -> str | None:
     """The namespace path of user ``uid``'s (default: ours) live rootless stack ``name``,
     looked up where ``mstack-stack`` keeps it for that user and environment; or None."""
-    try:
-        from mstack_bpf.stacks.paths import resolve_user_stack
-    except ImportError:  # pragma: no cover - stack management not installed
-        return None
-    return resolve_user_stack(name, uid=uid, environ=environ)
+    return paths.resolve_user_stack(name, uid=uid, environ=environ)
 
 
 def resolve(name: str) -> Stack:

@@ -36,7 +36,7 @@ import logging
 import os
 
 from mstack_bpf.linux import sched
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener
 
 log = logging.getLogger("mstack.supervisor")

@@ -21,8 +21,8 @@ from mstack_bpf.core.abi import SOCK_CLOEXEC
 from mstack_bpf.core.calls import needs_full_credentials
 from mstack_bpf.linux import cgroup, netns, sockets
 from mstack_bpf.linux import creds as creds_mod
-from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.creds import Creds, FsIds
+from mstack_bpf.linux.ffi import SyscallError
 
 IOCTL_SOCKETS = 64
 
@@ -54,7 +54,9 @@ class StackSockets:
         #: a supervisor holding any capability could grant more than the target has: it
         #: switches (and, lacking CAP_SETUID, fails closed rather than lend its own)
         self.privileged = bool(self.own.cap_eff) or self.own.uids[1] == 0
-        self._current: int | None = None  # inode of the namespace this thread is in
+        #: inode of the namespace this (the loop's) thread is in: a stack that is where we
+        #: are already needs no setns(), which an unprivileged supervisor may not make
+        self._current: int | None = os.stat("/proc/thread-self/ns/net").st_ino
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory
         self._ioctl_sockets: OrderedDict[tuple[int, int], socket.socket] = OrderedDict()

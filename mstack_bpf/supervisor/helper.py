@@ -34,7 +34,7 @@ import struct
 
 from mstack_bpf.core.abi import CLONE_NEWNET, CLONE_NEWUSER
 from mstack_bpf.linux import prctl, sockets
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.netns import check_netns, ns_inode, owning_userns, setns
 
 _REQ = struct.Struct("<iiii")

@@ -14,17 +14,14 @@ AF_PACKET's excepted, which passes them on to AF_INET.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
 import socket
-import stat
 import struct
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from mstack_bpf.linux import pidfd, procmem
+from mstack_bpf.linux import pidfd, procmem, sockets
 
 SIOCGIFCONF = 0x8912
 IFREQ_SIZE = 40
@@ -39,17 +36,35 @@ CAPABLE_GETS = frozenset({SIOCGMIIPHY})
 _INET_LIKE = (socket.AF_INET, socket.AF_PACKET)
 
 
-def socket_family(tid: int, fd: int) -> int | None:
-    """The family of the caller's descriptor ``fd``; None if it is not a socket."""
+def socket_family(tid: int, fd: int) -> int:
+    """The family of the caller's socket ``fd`` (runs in the slow lane); OSError EBADF if
+    ``fd`` is not open, ENOTTY if it is not a socket (what these requests get natively).
+
+    The caller's ``/proc`` link says "socket:" without any filesystem being asked; only then
+    is the descriptor taken (pidfd_getfd) and asked its domain. Should the caller have put
+    another file there meanwhile, getsockopt answers ENOTSOCK without asking its filesystem
+    either, but the close may (a FUSE file's flush): hence the slow lane. Where the link
+    cannot be read (a non-dumpable caller under a rootless supervisor), AF_INET answers:
+    it serves every request a socket of any family would.
+    """
+    try:
+        link = os.readlink(f"/proc/{tid}/fd/{fd}")
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return socket.AF_INET
+        raise OSError(errno.EBADF, "ioctl: no such descriptor") from None
+    if not link.startswith("socket:"):
+        raise OSError(errno.ENOTTY, "ioctl: not a socket")
     try:
         ours = pidfd.get_fd(tid, fd)
     except OSError:
-        return None
-    if not stat.S_ISSOCK(os.fstat(ours).st_mode):
+        raise OSError(errno.EBADF, "ioctl: no such descriptor") from None
+    try:
+        return sockets.domain(ours)
+    except OSError:
+        raise OSError(errno.ENOTTY, "ioctl: not a socket") from None
+    finally:
         os.close(ours)
-        return None
-    with socket.socket(fileno=ours) as sock:  # asks the kernel for SO_DOMAIN; closes ours
-        return int(sock.family)
 
 
 def carrier_family(family: int) -> int:
@@ -57,56 +72,47 @@ def carrier_family(family: int) -> int:
     return socket.AF_INET if family in _INET_LIKE else socket.AF_UNIX
 
 
-def answer(tid: int, sock: socket.socket, request: int, argp: int,
-           still_valid: Callable[[], bool], rights: AbstractContextManager[None] | None,
-           compat: bool = False) -> int:
+def answer(tid: int, sock: socket.socket, request: int, argp: int, memory: procmem.Pinned,
+           rights: AbstractContextManager[None] | None, compat: bool = False) -> int:
     """Run ``request`` for the caller ``tid`` on ``sock`` with the caller's ``rights`` (a
     credential switch; None: ours are not the caller's and cannot become them, so a request
     that checks a capability is refused); return the ioctl's value.
 
-    Nothing is written to the caller's memory unless ``still_valid()`` says the caller is
-    still the process that asked (its pid could have been reused meanwhile).
+    The answer is written through ``memory``, the caller's own address space held since
+    its call was known valid: never into a process that got its pid later.
     """
     if rights is None:
         if request in CAPABLE_GETS:
             raise OSError(errno.EPERM, "ioctl: the caller's capabilities cannot be taken")
         rights = contextlib.nullcontext()
     if request == SIOCGIFCONF:
-        return _ifconf(tid, sock, argp, still_valid, rights, compat)
+        return _ifconf(tid, sock, argp, memory, rights, compat)
     size = IFREQ_SIZE_COMPAT if compat else IFREQ_SIZE
     ifreq = procmem.read(tid, argp, size)
     if len(ifreq) != size:
         raise OSError(errno.EFAULT, "ifreq")
     with rights:
         result = fcntl.ioctl(sock.fileno(), request, ifreq.ljust(IFREQ_SIZE, b"\0"))
-    if not still_valid():
-        raise OSError(errno.ENOENT, "caller gone")
-    procmem.write(tid, argp, result[:size])
+    memory.write(argp, result[:size])
     return 0
 
 
-def _ifconf(tid: int, sock: socket.socket, argp: int, still_valid: Callable[[], bool],
+def _ifconf(tid: int, sock: socket.socket, argp: int, memory: procmem.Pinned,
             rights: AbstractContextManager[None], compat: bool) -> int:
     layout = IFCONF_COMPAT if compat else IFCONF
     raw = procmem.read(tid, argp, layout.size)
     if len(raw) != layout.size:
         raise OSError(errno.EFAULT, "ifconf")
     length, user_buf = layout.unpack(raw)
-    if length < 0 or length > MAX_IFCONF:
-        raise OSError(errno.EINVAL, "ifconf length")
+    length = min(max(length, 0), MAX_IFCONF)  # the kernel takes a negative one as 0 too
     # i386 records are 32 bytes: ask for as many 40-byte ones, then cut each down.
     records = length // (IFREQ_SIZE_COMPAT if compat else IFREQ_SIZE)
-    buf = ctypes.create_string_buffer(max(records * IFREQ_SIZE, 1))
-    ours = bytearray(IFCONF.pack(records * IFREQ_SIZE, ctypes.addressof(buf) if user_buf else 0))
     with rights:
-        fcntl.ioctl(sock.fileno(), SIOCGIFCONF, ours)
-    got = IFCONF.unpack(ours)[0]
-    data = buf.raw[:got]
+        data = sockets.ifconf(sock.fileno(), records * IFREQ_SIZE, sized_only=not user_buf)
+    got = len(data)
     if compat:
         data = b"".join(data[i:i + IFREQ_SIZE_COMPAT] for i in range(0, got, IFREQ_SIZE))
-    if not still_valid():
-        raise OSError(errno.ENOENT, "caller gone")
     if user_buf:
-        procmem.write(tid, user_buf, data)
-    procmem.write(tid, argp, struct.pack("=i", len(data)))
+        memory.write(user_buf, data)
+    memory.write(argp, struct.pack("=i", len(data)))
     return 0

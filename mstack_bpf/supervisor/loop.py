@@ -43,8 +43,8 @@ from mstack_bpf.core.decide import (
 from mstack_bpf.core.families import family_name
 from mstack_bpf.core.model import Stack, StackKind
 from mstack_bpf.linux import procmem
-from mstack_bpf.linux._ffi import SyscallError
 from mstack_bpf.linux.creds import FsIds
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener, SeccompData
 from mstack_bpf.supervisor import ifioctl
 from mstack_bpf.supervisor.colocate import Colocator
@@ -284,10 +284,12 @@ class Supervisor:
                 return self._interface_ioctl(nid, tid, decision)
         raise AssertionError(decision)
 
-    def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> Done | Later:
-        family = ifioctl.socket_family(tid, d.call.fd)
-        if family is None:
-            return Done.failed(d, errno.ENOTTY)  # what these requests get on other files
+    def _interface_ioctl(self, nid: int, tid: int, d: InterfaceIoctl) -> Later:
+        # What the descriptor is may take asking its filesystem: the slow lane finds out.
+        return Later(lambda: ifioctl.socket_family(tid, d.call.fd),
+                     lambda family: self._ioctl_on(nid, tid, d, family))
+
+    def _ioctl_on(self, nid: int, tid: int, d: InterfaceIoctl, family: int) -> Done | Later:
         rights, reopened = self.sockets.caller_rights(tid)
         if reopened and not self.listener.id_valid(nid):
             return Done.gone(d)  # the credentials read may be another task's
@@ -297,11 +299,24 @@ class Supervisor:
         finally:
             if temporary:
                 os.close(ns_fd)
+        memory = self._pin(nid, tid)
+        if memory is None:
+            return Done.gone(d)
         # Copying in and out of the caller's memory may wait on it: the slow lane does it,
         # and the request itself (the worker thread takes the caller's credentials).
-        return Later(lambda: ifioctl.answer(tid, sock, d.call.request, d.call.argp,
-                                            self._valid(nid), rights, d.call.compat),
+        return Later(_closing(memory, lambda: ifioctl.answer(
+                         tid, sock, d.call.request, d.call.argp, memory, rights, d.call.compat)),
                      lambda value: Done.value(d, value))
+
+    def _pin(self, nid: int, tid: int) -> procmem.Pinned | None:
+        """The caller's address space to write an answer to, held before the caller is
+        confirmed (None: it has gone): a later write cannot reach a process that got its
+        pid since."""
+        memory = procmem.Pinned(tid)
+        if self.listener.id_valid(nid):
+            return memory
+        memory.close()
+        return None
 
     def _set_default(self, nid: int, tid: int, d: SetDefault) -> Done:
         if self.tables.has_foreign_fd(tid):
@@ -362,9 +377,15 @@ class Supervisor:
         target = self.sockets.target(tid, d.family, d.type, d.protocol)
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
-            if not self.listener.id_valid(nid):
-                return Done.gone(d)  # what was read through /proc may be another task's
-            pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
+            memory = self._pin(nid, tid)  # also confirms what was read through /proc
+            if memory is None:
+                return Done.gone(d)
+            try:
+                pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol,
+                                              target)
+            except BaseException:
+                memory.close()
+                raise
         finally:
             if temporary:
                 os.close(ns_fd)
@@ -375,10 +396,13 @@ class Supervisor:
             cloexec = bool(d.type & SOCK_CLOEXEC)
             ends = struct.pack("=2i", *(self.listener.addfd(nid, fd, cloexec, send=False)
                                         for fd in pair))
+        except BaseException:
+            memory.close()
+            raise
         finally:
             for fd in pair:
                 os.close(fd)
-        return Later(lambda: procmem.write(tid, d.sv, ends),
+        return Later(_closing(memory, lambda: memory.write(d.sv, ends)),
                      lambda _: Done.value(d, 0))
 
     def _send(self, nid: int, reply: Reply) -> None:
@@ -388,6 +412,16 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _closing(memory: procmem.Pinned, job: Callable[[], object]) -> Callable[[], object]:
+    """``job``, then ``memory`` closed whatever happened (in the slow lane)."""
+    def run() -> object:
+        try:
+            return job()
+        finally:
+            memory.close()
+    return run
 
 
 def _safely(handler: Callable[..., object], *args: object) -> bool:

@@ -12,7 +12,7 @@ import sys
 from mstack_bpf.launch import handshake
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.supervisor.factory import SocketMaker, StackSockets
 from mstack_bpf.supervisor.fdbudget import FdBudget
 from mstack_bpf.supervisor.loop import Supervisor, describe

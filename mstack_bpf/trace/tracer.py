@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mstack_bpf.linux import libbpf
-from mstack_bpf.linux._ffi import SyscallError
+from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.trace.events import Event, layout_mismatch
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"

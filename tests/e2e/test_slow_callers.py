@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import MSTACK, PYTHON, Netns, needs_root, stop_process, wait_until
-from tests.helpers.stuck_fuse import StuckFuse
+from tests.conftest import HELPERS, MSTACK, PYTHON, Netns, needs_root, stop_process, wait_until
+from tests.helpers.stuck_fuse import OneFileFuse, StuckFuse
 
 pytestmark = needs_root
 
@@ -109,4 +109,54 @@ def test_a_page_that_never_comes_in_stalls_no_one_else(netns: Netns) -> None:
         assert _line(proc) == {"msocket": "ENOENT"}  # zeros: an empty path, as open("")
         assert proc.wait(timeout=10) == 0
     finally:
+        stop_process(proc)
+
+
+def test_a_late_answer_never_reaches_a_process_that_got_the_callers_pid(netns: Netns) -> None:
+    """A socketpair's result waits in the slow lane; meanwhile its caller is killed and a
+    bystander gets its pid: the write must not land in the bystander (it did, through
+    process_vm_writev by pid); it goes to the caller's own address space or nowhere."""
+    cp = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", PYTHON,
+                         str(HELPERS / "pid_reuse.py"), "orchestrate", netns.name],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout.strip().splitlines()[-1]) == {"changed": False}, cp.stdout
+
+
+#: opens PATH; on "go", a thread issues SIOCGIFINDEX on it (its filesystem no longer
+#: answers) while the main thread makes an AF_INET socket and prints its namespace cookie
+IOCTL_PROBE = """
+import fcntl, json, socket, struct, sys, threading
+f = open(sys.argv[1], "rb")
+print("open", flush=True)
+sys.stdin.readline()
+def ioctl():
+    try:
+        fcntl.ioctl(f.fileno(), 0x8933, struct.pack("16s24x", b"lo"))
+    except OSError:
+        pass
+threading.Thread(target=ioctl, daemon=True).start()
+s = socket.socket(socket.AF_INET)
+print(json.dumps({"cookie": struct.unpack("=Q", s.getsockopt(1, 71, 8))[0]}), flush=True)
+"""
+
+
+def test_an_ioctl_on_a_file_that_never_answers_stalls_no_one_else(netns: Netns) -> None:
+    """Telling whether an ioctl's descriptor is a socket must not ask its filesystem on the
+    loop: a FUSE file's fstat (GETATTR) or close (FLUSH) waited there for good."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("needs /dev/fuse")
+    fuse = OneFileFuse()
+    proc = subprocess.Popen([MSTACK, "-o", "ip", netns.name, PYTHON, "-c", IOCTL_PROBE,
+                             f"{fuse.mountpoint}/f"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "open"
+        fuse.stuck = True
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert _line(proc) == {"cookie": netns.cookie}
+    finally:
+        fuse.close()
         stop_process(proc)

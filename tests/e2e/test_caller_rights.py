@@ -223,3 +223,36 @@ def test_msocket_path_with_bytes_that_are_not_utf8(netns: Netns,
     path = os.fsdecode(os.path.join(os.fsencode(where), b"\xff\xfe"))
     cp = mstack("-o", "4", "native", VENV_PYTHON, "-c", MSOCKET, path)
     assert cp.stdout.strip() == str(netns.cookie), cp.stderr
+
+
+EDGES = """
+import ctypes, errno, json, os, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def err(r):
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+out = {}
+req = ctypes.create_string_buffer(struct.pack("16s24x", b"lo"))
+out["closed fd"] = err(libc.ioctl(999, ctypes.c_ulong(0x8933), req))
+r, w = os.pipe()
+out["pipe"] = err(libc.ioctl(r, ctypes.c_ulong(0x8933), req))
+s = socket.socket(socket.AF_INET)
+for n in (-1, 0, 40, 2 << 20):
+    buf = ctypes.create_string_buffer(max(n, 40))
+    ifc = ctypes.create_string_buffer(struct.pack("=i4xQ", n, ctypes.addressof(buf)))
+    rr = libc.ioctl(s.fileno(), ctypes.c_ulong(0x8912), ifc)
+    out[f"ifconf {n}"] = [err(rr), struct.unpack_from("=i", ifc.raw)[0]]
+ifc = ctypes.create_string_buffer(struct.pack("=i4xQ", 0, 0))
+rr = libc.ioctl(s.fileno(), ctypes.c_ulong(0x8912), ifc)
+out["ifconf NULL"] = [err(rr), struct.unpack_from("=i", ifc.raw)[0]]
+print(json.dumps(out))
+"""
+
+
+def test_interface_ioctl_edges_answer_as_natively(netns: Netns) -> None:
+    """A closed descriptor is EBADF, a pipe ENOTTY; SIOCGIFCONF with a NULL buffer reports
+    the size the records need (it said 1), a negative or huge length is taken as the kernel
+    takes it (they were EINVAL)."""
+    netns.exec("ip", "addr", "add", "10.9.9.1/24", "dev", "mstk0", check=True)  # 2 records
+    native = _view(netns.exec(PYTHON, "-c", EDGES))
+    assert native["ifconf NULL"] == ["ok", 80] and native["closed fd"] == "EBADF"
+    assert _view(mstack("-o", "ip", netns.name, PYTHON, "-c", EDGES)) == native

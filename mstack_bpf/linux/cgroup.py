@@ -3,9 +3,9 @@
 A socket belongs to the cgroup v2 of the task that created it (``sk_alloc`` →
 ``cgroup_sk_alloc``): nft's ``socket cgroupv2``, cgroup-BPF socket hooks and systemd's
 ``IPAddressDeny=`` all judge it by that. A socket made by the supervisor for a target in
-another cgroup must be made from inside the target's: the making process visits it (writes
-its pid to ``cgroup.procs``) and goes home afterwards, so that it never stays where a freeze
-or a pids limit of someone else's cgroup would catch it. A cgroup's id is the inode number
+another cgroup must be made from inside the target's: by a short-lived child that joins it
+(``supervisor/visitor.py``), never by the supervisor itself, which whoever owns that cgroup
+(a delegated subtree) could otherwise freeze or kill. A cgroup's id is the inode number
 of its directory (kernfs), and what ``PIDFD_GET_INFO`` reports as ``cgroupid``.
 """
 
@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from mstack_bpf.linux.ffi import SyscallError
 
 MOUNTINFO = "/proc/self/mountinfo"
-OPEN_CGROUPS = 64
 
 
 def v2_mount(mountinfo: str = MOUNTINFO) -> tuple[str, str] | None:
@@ -56,7 +52,6 @@ class Placer:
     def __init__(self) -> None:
         found = v2_mount()
         self.mount, self.root = found if found else ("", "/")
-        self._procs: OrderedDict[int, int] = OrderedDict()  # cgroup id → its cgroup.procs
         self.home: int | None = None
         if found:
             self.home = os.stat(self._dir(task_path(os.getpid()))).st_ino
@@ -65,51 +60,21 @@ class Placer:
         """The id of thread ``tid``'s cgroup (where PIDFD_GET_INFO cannot say)."""
         return os.stat(self._dir(task_path(tid))).st_ino if self.home is not None else None
 
-    @contextmanager
-    def inside(self, pid: int, cgroup: int, tid: int) -> Iterator[None]:
-        """Process ``pid`` (ours or our helper's) in cgroup ``cgroup``, the one thread
-        ``tid`` is in, for the duration; fails (the errno of the write) rather than make a
-        socket elsewhere."""
-        home = self._procs_of(self.home or 0, os.getpid())  # opened before we leave it
-        _write_pid(self._procs_of(cgroup, tid), pid, cgroup)
-        try:
-            yield
-        finally:
-            _write_pid(home, pid, self.home or 0)
-
-    def _procs_of(self, cgroup: int, tid: int) -> int:
-        fd = self._procs.get(cgroup)
-        if fd is not None:
-            self._procs.move_to_end(cgroup)
-            return fd
+    def procs(self, cgroup: int, tid: int) -> int:
+        """A new descriptor of the ``cgroup.procs`` of cgroup ``cgroup``, the one thread
+        ``tid`` is in (EAGAIN if it has moved since): writing a pid to it moves that
+        process there."""
         path = self._dir(task_path(tid))
         dirfd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if os.fstat(dirfd).st_ino != cgroup:  # it moved since: its next call will do
                 raise SyscallError(errno.EAGAIN, "cgroup", f"{path}: the caller moved")
-            fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dirfd)
+            return os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dirfd)
         finally:
             os.close(dirfd)
-        self._procs[cgroup] = fd
-        if len(self._procs) > OPEN_CGROUPS:
-            os.close(self._procs.popitem(last=False)[1])
-        return fd
 
     def _dir(self, path: str) -> str:
         """The directory of cgroup ``path`` under our cgroup2 mount."""
         if self.root != "/" and (path == self.root or path.startswith(self.root + "/")):
             path = path[len(self.root):]
         return self.mount + "/" + path.lstrip("/")
-
-    def close(self) -> None:
-        for fd in self._procs.values():
-            os.close(fd)
-        self._procs.clear()
-
-
-def _write_pid(procs: int, pid: int, cgroup: int) -> None:
-    try:
-        os.write(procs, str(pid).encode())
-    except OSError as e:
-        raise SyscallError(e.errno or errno.EIO, "write", f"cgroup {cgroup}: cgroup.procs") \
-            from None

@@ -23,6 +23,7 @@ from mstack_bpf.linux import cgroup, netns, sockets
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux.creds import Creds, FsIds
 from mstack_bpf.linux.ffi import SyscallError
+from mstack_bpf.supervisor import visitor
 
 IOCTL_SOCKETS = 64
 
@@ -60,9 +61,8 @@ class StackSockets:
         self._helpers: dict[int, SocketMaker] = {}
         self._helper_factory = helper_factory
         self._ioctl_sockets: OrderedDict[tuple[int, int], socket.socket] = OrderedDict()
-        #: sockets are made from inside the target's cgroup (v2)
+        #: where our cgroup (v2) is, and the targets' (their sockets must be made in theirs)
         self.cgroups = cgroup.Placer()
-        self._pid = os.getpid()
 
     def target(self, tid: int, family: int, sock_type: int, protocol: int) -> Target:
         """What a socket made for thread ``tid`` must carry of it (read now: never cached):
@@ -79,22 +79,13 @@ class StackSockets:
 
     def make(self, ns_fd: int, ns_ino: int, family: int, sock_type: int, protocol: int,
              target: Target | None) -> int:
-        """A new socket (close-on-exec in the supervisor) in namespace ``ns_fd``."""
+        """A new socket (close-on-exec in the supervisor) in namespace ``ns_fd``, for a
+        target in our cgroup (:meth:`elsewhere` says when :meth:`visit` must make it)."""
         helper = self._enter(ns_fd, ns_ino)
-        if target is None:
-            return self._make(helper, family, sock_type, protocol, None)
-        place = self._place(helper, target)
-        if place is None:  # the hot path: the caller is in our cgroup
-            return self._make(helper, family, sock_type, protocol, target.creds)
-        with place:
-            return self._make(helper, family, sock_type, protocol, target.creds)
-
-    def _make(self, helper: SocketMaker | None, family: int, sock_type: int, protocol: int,
-              creds: Creds | FsIds | None) -> int:
         if helper is not None:
             # The helper runs with the namespace owner's credentials: no more than ours.
             return helper.make_socket(family, sock_type | SOCK_CLOEXEC, protocol)
-        switch = self._as(creds, family, sock_type, protocol)
+        switch = self._as(target and target.creds, family, sock_type, protocol)
         if switch is None:  # the hot path: no context manager
             return sockets.make(family, sock_type, protocol)
         with switch:
@@ -104,20 +95,26 @@ class StackSockets:
                   target: Target) -> tuple[int, int]:
         """A new socketpair (close-on-exec in the supervisor) in namespace ``ns_fd``."""
         helper = self._enter(ns_fd, ns_ino)
-        with self._place(helper, target) or contextlib.nullcontext():
-            if helper is not None:
-                return helper.make_pair(family, sock_type | SOCK_CLOEXEC, protocol)
-            with self._as(target.creds, family, sock_type, protocol) or contextlib.nullcontext():
-                return sockets.make_pair(family, sock_type, protocol)
+        if helper is not None:
+            return helper.make_pair(family, sock_type | SOCK_CLOEXEC, protocol)
+        with self._as(target.creds, family, sock_type, protocol) or contextlib.nullcontext():
+            return sockets.make_pair(family, sock_type, protocol)
 
-    def _place(self, helper: SocketMaker | None,
-               target: Target) -> AbstractContextManager[None] | None:
-        """The visit of the maker (we, or the stack's helper) to the target's cgroup; None
-        where the target is in ours."""
-        if target.cgroup is None or target.cgroup == self.cgroups.home:
-            return None
-        return self.cgroups.inside(helper.pid if helper else self._pid, target.cgroup,
-                                   target.tid)
+    def elsewhere(self, target: Target) -> bool:
+        """The target is in another cgroup than ours: its sockets come from :meth:`visit`."""
+        return target.cgroup is not None and target.cgroup != self.cgroups.home
+
+    def visit(self, ns_fd: int, family: int, sock_type: int, protocol: int, target: Target,
+              pair: bool) -> list[int]:
+        """(slow lane) The socket or pair made in ``target``'s cgroup, by a child that joins
+        it (supervisor/visitor.py) and enters namespace ``ns_fd`` itself."""
+        assert target.cgroup is not None
+        procs = self.cgroups.procs(target.cgroup, target.tid)
+        try:
+            return visitor.make(procs, ns_fd, family, sock_type | SOCK_CLOEXEC, protocol, pair,
+                                self._as(target.creds, family, sock_type, protocol))
+        finally:
+            os.close(procs)
 
     def _enter(self, ns_fd: int, ns_ino: int) -> SocketMaker | None:
         """Be in namespace ``ns_ino``: this thread enters it, or its helper serves it."""
@@ -182,7 +179,6 @@ class StackSockets:
         for helper in self._helpers.values():
             helper.close()
         self._helpers.clear()
-        self.cgroups.close()
 
 
 def _same(a: Creds, b: Creds) -> bool:

@@ -158,23 +158,34 @@ def _serve(sock: socket.socket, netns_path: str) -> None:  # pragma: no cover - 
 def _enter(fd: int, netns_path: str) -> tuple[int, int]:  # pragma: no cover - helper
     if fd < 0:
         return -fd, 1
-    step = 2
+    steps = [2]
     try:
         check_netns(fd, netns_path)
-        step = 3
-        userns = owning_userns(fd)
+        steps.append(3)
+        enter_stack(fd, steps)
+        os.close(fd)
+    except OSError as e:
+        return e.errno or errno.EIO, steps[-1]
+    return 0, 0
+
+
+def enter_stack(fd: int, steps: list[int] | None = None) -> None:
+    """Move this (single-threaded) process into network namespace ``fd``, joining its
+    owning user namespace first where it is not ours (a rootless stack); ``steps`` gets
+    the number of each step begun (4 setns user, 5 setns net)."""
+    userns = owning_userns(fd)
+    try:
         with open("/proc/self/ns/user", "rb") as own:
             same = ns_inode(own.fileno()) == ns_inode(userns)
         if not same:
-            step = 4
+            if steps is not None:
+                steps.append(4)
             setns(userns, CLONE_NEWUSER)
+    finally:
         os.close(userns)
-        step = 5
-        setns(fd, CLONE_NEWNET)
-        os.close(fd)
-    except OSError as e:
-        return e.errno or errno.EIO, step
-    return 0, 0
+    if steps is not None:
+        steps.append(5)
+    setns(fd, CLONE_NEWNET)
 
 
 def _loop(sock: socket.socket) -> None:  # pragma: no cover - helper

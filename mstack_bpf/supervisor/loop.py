@@ -48,7 +48,7 @@ from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener, SeccompData
 from mstack_bpf.supervisor import ifioctl
 from mstack_bpf.supervisor.colocate import Colocator
-from mstack_bpf.supervisor.factory import StackSockets, open_task_netns
+from mstack_bpf.supervisor.factory import StackSockets, Target, open_task_netns
 from mstack_bpf.supervisor.registry import Located, StackRegistry
 from mstack_bpf.supervisor.slowlane import SlowLane
 from mstack_bpf.supervisor.tables import Tables, TableUnknown
@@ -338,7 +338,7 @@ class Supervisor:
         opened = self.registry.get(stack)
         return opened.fd, opened.ino, False
 
-    def _create(self, nid: int, tid: int, d: Create) -> Done:
+    def _create(self, nid: int, tid: int, d: Create) -> Done | Later:
         try:
             target = self.sockets.target(tid, d.family, d.type, d.protocol)
         except OSError as e:
@@ -355,12 +355,19 @@ class Supervisor:
                 os.close(ns_fd)
             return Done.gone(d)
         try:
+            if self.sockets.elsewhere(target):  # a child in its cgroup makes it
+                return self._visit(ns_fd, d, target, False,
+                                   lambda fds: self._inject(nid, tid, d, fds[0]))
             fd = self.sockets.make(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         except OSError as e:
             return Done.failed(d, e.errno or errno.EIO)
         finally:
             if temporary:
                 os.close(ns_fd)
+        return self._inject(nid, tid, d, fd)
+
+    def _inject(self, nid: int, tid: int, d: Create, fd: int) -> Done:
+        """Install ``fd`` (ours to close) as the call's result."""
         try:  # ADDFD with SEND installs the socket and completes the call: nothing to send
             installed = self.injector.inject(nid, tid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
             return Done(d, installed, None)
@@ -371,34 +378,52 @@ class Supervisor:
         finally:
             os.close(fd)
 
+    def _visit(self, ns_fd: int, d: Create | CreatePair, target: Target, pair: bool,
+               then: Callable[[list[int]], Step]) -> Later:
+        """The socket(s) made in the caller's cgroup by a child (slow lane: a fork, and the
+        cgroup may be frozen); ``then`` gets them on the loop. ``ns_fd`` stays the caller's."""
+        ours = os.dup(ns_fd)
+
+        def job() -> list[int]:
+            try:
+                return self.sockets.visit(ours, d.family, d.type, d.protocol, target, pair)
+            finally:
+                os.close(ours)
+        return Later(job, then)
+
     def _create_pair(self, nid: int, tid: int, d: CreatePair) -> Done | Later:
         """socketpair(2) in the stack: both ends installed in the caller (ADDFD), their
         numbers written to its ``int[2]``, then the call completed with 0."""
         target = self.sockets.target(tid, d.family, d.type, d.protocol)
         ns_fd, ns_ino, temporary = self._namespace(tid, d.stack)
         try:
-            memory = self._pin(nid, tid)  # also confirms what was read through /proc
-            if memory is None:
-                return Done.gone(d)
-            try:
-                pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol,
-                                              target)
-            except BaseException:
-                memory.close()
-                raise
+            if not self.listener.id_valid(nid):
+                return Done.gone(d)  # what was read through /proc may be another task's
+            if self.sockets.elsewhere(target):  # a child in its cgroup makes it
+                return self._visit(ns_fd, d, target, True,
+                                   lambda fds: self._install_pair(nid, tid, d, fds))
+            pair = self.sockets.make_pair(ns_fd, ns_ino, d.family, d.type, d.protocol, target)
         finally:
             if temporary:
                 os.close(ns_fd)
+        return self._install_pair(nid, tid, d, list(pair))
+
+    def _install_pair(self, nid: int, tid: int, d: CreatePair, pair: list[int]) -> Done | Later:
+        """Both ends (ours to close) installed, their numbers then written to the caller."""
         try:
-            # Both installed before the numbers are written: the kernel itself writes them
-            # before installing, but we learn them only from ADDFD. A caller whose int[2]
-            # is not writable gets EFAULT with both ends left open, as no native call would.
-            cloexec = bool(d.type & SOCK_CLOEXEC)
-            ends = struct.pack("=2i", *(self.listener.addfd(nid, fd, cloexec, send=False)
-                                        for fd in pair))
-        except BaseException:
-            memory.close()
-            raise
+            memory = self._pin(nid, tid)
+            if memory is None:
+                return Done.gone(d)
+            try:
+                # Both installed before the numbers are written: the kernel itself writes
+                # them before installing, but we learn them only from ADDFD. A caller whose
+                # int[2] is not writable gets EFAULT with both ends left open.
+                cloexec = bool(d.type & SOCK_CLOEXEC)
+                ends = struct.pack("=2i", *(self.listener.addfd(nid, fd, cloexec, send=False)
+                                            for fd in pair))
+            except BaseException:
+                memory.close()
+                raise
         finally:
             for fd in pair:
                 os.close(fd)

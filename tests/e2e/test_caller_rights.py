@@ -11,13 +11,23 @@ import random
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mstack_bpf.linux import cgroup as cgroup_mod
-from tests.conftest import PYTHON, Netns, build_c, mstack, needs_root
+from tests.conftest import (
+    MSTACK,
+    PYTHON,
+    Netns,
+    build_c,
+    mstack,
+    needs_root,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = needs_root
 
@@ -256,3 +266,83 @@ def test_interface_ioctl_edges_answer_as_natively(netns: Netns) -> None:
     native = _view(netns.exec(PYTHON, "-c", EDGES))
     assert native["ifconf NULL"] == ["ok", 80] and native["closed fd"] == "EBADF"
     assert _view(mstack("-o", "ip", netns.name, PYTHON, "-c", EDGES)) == native
+
+
+LOOPER = """
+import socket, sys, time
+open(sys.argv[1] + "/cgroup.procs", "w").write("0")  # into the cgroup, then sockets
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    try:
+        socket.socket(socket.AF_INET).close()
+    except OSError:
+        pass
+"""
+WAITER = """
+import socket, struct, sys
+sys.stdin.readline()
+s = socket.socket(socket.AF_INET)
+print(struct.unpack("=Q", s.getsockopt(1, 71, 8))[0], flush=True)
+"""
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _members(cgroup: str) -> str:
+    with open(f"{cgroup}/cgroup.procs") as f:
+        return f.read()
+
+
+def _supervisor_in(cgroup: str) -> bool:
+    """Whether a supervisor (not one of its short-lived children) is in ``cgroup``."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and _comm(pid) == "mstack-sv":
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+                with open(f"/proc/{pid}/cgroup") as f:
+                    where = f.read()
+            except OSError:
+                continue
+            if _comm(ppid) != "mstack-sv" and f"0::/{os.path.basename(cgroup)}\n" in where:
+                return True
+    return False
+
+
+def test_the_supervisor_never_enters_a_callers_cgroup(netns: Netns, cgroup_rule: str) -> None:
+    """Whoever owns a caller's cgroup may freeze or kill what is in it: the supervisor must
+    never be there (it visited it for every socket, and a freeze caught it, hanging the
+    whole tree). Freezing the cgroup over and over while its member makes sockets leaves
+    the rest of the tree served."""
+    proc = subprocess.Popen(
+        [MSTACK, "-o", "4", netns.name, "sh", "-c",
+         f'{PYTHON} -c "$1" {cgroup_rule} 1.5 & exec {PYTHON} -c "$2"', "sh", LOOPER, WAITER],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    freeze = f"{cgroup_rule}/cgroup.freeze"
+    caught = False
+    try:
+        assert wait_until(lambda: bool(_members(cgroup_rule)))
+        end = time.time() + 1.0
+        while time.time() < end:
+            with open(freeze, "w") as f:
+                f.write("1")
+            caught = caught or _supervisor_in(cgroup_rule)
+            with open(freeze, "w") as f:
+                f.write("0")
+            time.sleep(0.002)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert int(proc.stdout.readline()) == netns.cookie  # the loop was never held
+        assert not caught
+    finally:
+        with open(freeze, "w") as f:
+            f.write("0")
+        stop_process(proc)
+        assert wait_until(lambda: not _members(cgroup_rule), timeout=10)

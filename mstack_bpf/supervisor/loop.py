@@ -42,7 +42,7 @@ from mstack_bpf.core.decide import (
 )
 from mstack_bpf.core.families import family_name
 from mstack_bpf.core.model import Stack, StackKind
-from mstack_bpf.linux import procmem
+from mstack_bpf.linux import creds, procmem
 from mstack_bpf.linux.creds import FsIds
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener, SeccompData
@@ -175,7 +175,8 @@ class Supervisor:
             while not isinstance(result, Done):
                 if isinstance(result, Later):
                     self.slow.submit(result.job,
-                                     functools.partial(self._resume, nid, tid, call, result.then))
+                                     functools.partial(self._resume, nid, tid, call, result.then),
+                                     owner=_process_of(tid))
                     return
                 result = self._carry_out(nid, tid, result)
         except Exception as e:  # fail closed: never CONTINUE on a surprise
@@ -437,6 +438,14 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _process_of(tid: int) -> int:
+    """The process (thread group) of thread ``tid``, which the slow lane bounds per caller."""
+    try:
+        return creds.thread_group(tid)
+    except (OSError, ValueError):
+        return tid
 
 
 def _closing(memory: procmem.Pinned, job: Callable[[], object]) -> Callable[[], object]:

@@ -9,7 +9,9 @@ state. The listener's ioctls may be issued from any thread (seccomp_unotify(2)),
 credential switches are per thread (``linux/creds.py``).
 
 A worker stuck for good (a FUSE server that never answers) is lost until the supervisor
-exits; with every worker stuck, further slow work waits in a bounded backlog, beyond which
+exits. One process may have at most :data:`PER_PROCESS` calls in the lane (more fail with
+EAGAIN), so that it cannot take every worker; with every worker stuck all the same (many
+processes stalling on purpose), further slow work waits in a bounded backlog, beyond which
 it fails with EAGAIN. Plain ``socket()`` calls never take this lane.
 """
 
@@ -26,41 +28,49 @@ from collections.abc import Callable
 
 log = logging.getLogger("mstack.supervisor")
 
-WORKERS = 8
+WORKERS = 32
 BACKLOG = 256
+PER_PROCESS = 4
 
 Job = Callable[[], object]
 Then = Callable[[object], None]  # gets the job's value, or the exception it raised
 
 
 class SlowLane:
-    def __init__(self, workers: int = WORKERS, backlog: int = BACKLOG) -> None:
+    def __init__(self, workers: int = WORKERS, backlog: int = BACKLOG,
+                 per_process: int = PER_PROCESS) -> None:
         self._jobs: queue.SimpleQueue[tuple[Job, Then]] = queue.SimpleQueue()
-        self._done: collections.deque[tuple[Then, object]] = collections.deque()
+        self._done: collections.deque[tuple[Then, object, int]] = collections.deque()
+        self._per_process = per_process
+        self._owners: dict[int, int] = {}  # process → its calls in the lane (the loop's)
         #: the loop polls this: a byte per finished job
         self.fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._workers, self._backlog = workers, backlog
         self._threads = 0
         self.pending = 0  # submitted and not yet handed back (the loop's count only)
 
-    def submit(self, job: Job, then: Then) -> None:
-        """Run ``job`` on a worker; ``then`` gets its outcome on the loop, in :meth:`drain`."""
+    def submit(self, job: Job, then: Then, owner: int = 0) -> None:
+        """Run ``job`` for process ``owner`` on a worker; ``then`` gets its outcome on the
+        loop, in :meth:`drain`."""
         if self.pending >= self._backlog:
             raise OSError(errno.EAGAIN, "too much slow work pending (callers not answering)")
+        if self._owners.get(owner, 0) >= self._per_process:
+            raise OSError(errno.EAGAIN, "this process has too many slow calls pending")
+        self._owners[owner] = self._owners.get(owner, 0) + 1
         self.pending += 1
         if self._threads < min(self.pending, self._workers):
             self._threads += 1
             threading.Thread(target=self._work, name="mstack-slow", daemon=True).start()
-        self._jobs.put((job, then))
+        self._jobs.put((job, lambda value: self._done.append((then, value, owner))))
 
     def _work(self) -> None:
         while True:
-            job, then = self._jobs.get()
+            job, finish = self._jobs.get()
             try:
                 value: object = job()
             except BaseException as e:  # handed to the loop, which fails the call closed
                 value = e
-            self._done.append((then, value))
+            finish(value)
             with contextlib.suppress(BlockingIOError):  # the loop has bytes enough to wake
                 os.write(self._wake, b"\0")
 
@@ -69,8 +79,11 @@ class SlowLane:
         with contextlib.suppress(BlockingIOError):
             os.read(self.fd, 4096)
         while self._done:
-            then, value = self._done.popleft()
+            then, value, owner = self._done.popleft()
             self.pending -= 1
+            left = self._owners.pop(owner) - 1
+            if left:
+                self._owners[owner] = left
             try:
                 then(value)
             except Exception:

@@ -160,3 +160,49 @@ def test_an_ioctl_on_a_file_that_never_answers_stalls_no_one_else(netns: Netns) 
     finally:
         fuse.close()
         stop_process(proc)
+
+
+#: eight threads call msocket with paths on userfaultfd pages (each waits, or is refused);
+#: once the supervisor has faulted, a child process asks for lo's index (an interface
+#: ioctl: slow-lane work too) and the outcomes are printed
+GREEDY_PROBE = """
+import ctypes, errno, json, mmap, os, select, socket, struct, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+uffd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)
+assert libc.ioctl(uffd, ctypes.c_ulong(0xC018AA3F),
+                  ctypes.create_string_buffer(struct.pack("=QQQ", 0xAA, 0, 0))) == 0
+pages = mmap.mmap(-1, 4096 * 8)
+base = ctypes.addressof(ctypes.c_char.from_buffer(pages))
+assert libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00), ctypes.create_string_buffer(
+    struct.pack("=QQQQ", base, 4096 * 8, 1, 0))) == 0
+refused = []
+def stall(i):
+    r = libc.syscall(ctypes.c_long(-5), ctypes.c_void_p(base + 4096 * i), 2, 1, 0)
+    if r < 0 and ctypes.get_errno() == errno.EAGAIN:
+        refused.append(i)
+threads = [threading.Thread(target=stall, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+select.select([uffd], [], [])  # the supervisor waits on our pages
+time.sleep(0.3)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.write(w, str(socket.if_nametoindex("lo")).encode())
+    os._exit(0)
+ready, _, _ = select.select([r], [], [], 10)
+index = int(os.read(r, 16)) if ready else None
+os.close(uffd)
+for t in threads:
+    t.join()
+print(json.dumps({"refused": len(refused), "lo": index}), flush=True)
+"""
+
+
+def test_one_process_cannot_take_every_slow_worker(netns: Netns) -> None:
+    """A process stalling many calls gets EAGAIN beyond its share of the slow lane, and
+    another process's slow call (an interface ioctl) is still answered."""
+    cp = subprocess.run([MSTACK, "-o", "ip", netns.name, PYTHON, "-c", GREEDY_PROBE],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout) == {"refused": 4, "lo": 1}

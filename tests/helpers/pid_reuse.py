@@ -37,22 +37,41 @@ def map_x() -> None:
     assert libc.mmap(X, 4096, 3, 0x22 | 0x10, -1, 0) == X  # PRIVATE|ANONYMOUS|FIXED
 
 
-def caller(stalls: int = 8) -> None:
+def staller(count: int) -> tuple[int, mmap.mmap]:
+    """``count`` threads whose msocket path lies on a missing userfaultfd page: each holds a
+    slow-lane worker until the returned userfaultfd is closed (keep the pages too)."""
     uffd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)
     api = ctypes.create_string_buffer(struct.pack("=QQQ", 0xAA, 0, 0))
     assert libc.ioctl(uffd, ctypes.c_ulong(0xC018AA3F), api) == 0
-    pages = mmap.mmap(-1, 4096 * stalls)
+    pages = mmap.mmap(-1, 4096 * count)
     base = ctypes.addressof(ctypes.c_char.from_buffer(pages))
-    register = ctypes.create_string_buffer(struct.pack("=QQQQ", base, 4096 * stalls, 1, 0))
+    register = ctypes.create_string_buffer(struct.pack("=QQQQ", base, 4096 * count, 1, 0))
     assert libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00), register) == 0
 
     def stall(i: int) -> None:
         libc.syscall(ctypes.c_long(-5), ctypes.c_void_p(base + 4096 * i), socket.AF_INET,
                      socket.SOCK_STREAM, 0)
 
-    for i in range(stalls):
+    for i in range(count):
         threading.Thread(target=stall, args=(i,), daemon=True).start()
-    time.sleep(0.5)
+    return int(uffd), pages
+
+
+def caller() -> None:
+    from mstack_bpf.supervisor.slowlane import PER_PROCESS, WORKERS
+
+    # Every worker held (one process may hold only PER_PROCESS), so the answer waits.
+    release_r, release_w = os.pipe()
+    for _ in range(WORKERS // PER_PROCESS):
+        if os.fork() == 0:
+            os.close(release_w)
+            uffd, _pages = staller(PER_PROCESS)
+            os.read(release_r, 1)  # until released
+            os.close(uffd)
+            time.sleep(1)
+            os._exit(0)
+    os.close(release_r)
+    time.sleep(1.0)
     pid = os.fork()
     if pid == 0:
         map_x()
@@ -61,8 +80,8 @@ def caller(stalls: int = 8) -> None:
     threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True).start()
     print(pid, flush=True)
     sys.stdin.readline()  # P killed, its pid taken
-    os.close(uffd)  # the stalled reads go on (zero pages), and the queued write after them
-    time.sleep(1.5)
+    os.close(release_w)  # the stalled reads go on (zero pages), and the queued write after
+    time.sleep(2.0)
     print("released", flush=True)
 
 

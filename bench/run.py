@@ -4,7 +4,8 @@
 Every comparison runs on this machine in one run and is reported as a ratio of rates
 (baseline time / variant time: 1.0 = as fast as the baseline), with the min and median of
 several rounds. Absolute times vary a lot on shared machines; ratios measured together do
-not. Writes bench/results.json, bench/results.md and bench/overheads.png.
+not. Writes bench/results.json, bench/results.md, bench/overheads.png and bench/README.md
+(the table with the date, kernel, CPU and Python of the run, and what bounds each row).
 Traffic stays on loopback inside the benchmark's own namespaces; they are removed on exit.
 """
 
@@ -299,12 +300,103 @@ def table(rows: list[Row]) -> str:
     out = ["| benchmark | variant | min | median | ratio (min / median) | note |",
            "| --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
-        unit = ("µs", 1e3) if r.min_ns > 5000 else ("ns", 1.0)
         note = r.note or ", ".join(f"{k} {v:.1f}" for k, v in r.extra.items())
         ratio = f"{r.ratio_min:.3f} / {r.ratio_median:.3f}" if r.baseline else "-"
-        out.append(f"| {r.group} | {r.name} | {r.min_ns / unit[1]:.1f} {unit[0]} | "
-                   f"{r.median_ns / unit[1]:.1f} {unit[0]} | {ratio} | {note} |")
+        out.append(f"| {r.group} | {r.name} | {duration(r, r.min_ns)} | "
+                   f"{duration(r, r.median_ns)} | {ratio} | {note} |")
     return "\n".join(out)
+
+
+def duration(row: Row, value: float) -> str:
+    """A time for the table; TCP rows hold 1e3 / (MB/s), i.e. milliseconds per MB."""
+    if "MBps_best" in row.extra:
+        return f"{value:.2f} ms/MB"
+    unit = ("µs", 1e3) if row.min_ns > 5000 else ("ns", 1.0)
+    return f"{value / unit[1]:.1f} {unit[0]}"
+
+
+def machine() -> dict[str, str]:
+    """What bench/README.md says about the run: date, kernel, CPU model and count, Python."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"date": time.strftime("%Y-%m-%d"), "kernel": platform.release(),
+            "CPU": f"{model}, {os.cpu_count()} CPUs", "Python": platform.python_version()}
+
+
+README_HEAD = """\
+# mstack benchmarks
+
+The last `make bench` run on this project's test machine. `make bench` (never part of
+`make test`) rewrites this file, with `results.md`, `results.json` and the plot
+`overheads.png` (those three are not committed); edit the text in `bench/run.py`, not here.
+"""
+
+README_HOW = """\
+Every comparison runs side by side in one run. A ratio is baseline time / variant time (1.0:
+as fast as the baseline; above 1: faster), as the min and the median of several rounds,
+interleaved across variants. The baseline is `native` in each group, `ip netns exec NS` for
+TCP and start-up. `NS` is a namespace the benchmark makes; `null` the built-in null stack.
+The TCP rows give time per megabyte (1000 / MB/s) in the min and median columns, so that their
+ratios read like the others; the note gives the rates.
+"""
+
+README_BOUNDS = """\
+## What bounds each row
+
+- **getpid, read /dev/zero** (system calls that are not socket calls) cost what *any* seccomp
+  filter costs: with a filter installed, every system call takes the kernel's slower entry
+  path. The "allow-all seccomp filter" row is that bound, and the note column gives each
+  mstack row as a fraction of it: mstack's filter decides non-socket calls on their number
+  alone, so the kernel's seccomp action cache skips it for them. umview (View-OS) stops at
+  every system call with ptrace.
+- **A native family under `--lock`** is allowed in the kernel and **a null family under
+  `--lock`** refused there: no round trip to user space. Refusing is cheaper than making a
+  socket, hence a null row above 1.
+- **Without `--lock`** every socket call reaches the supervisor, so that a nested mstack can
+  still change its family: a native family is answered with CONTINUE and a null one with an
+  errno, both with `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, which keeps the round trip on one CPU.
+- **A redirected `socket()`** is a round trip to the Python supervisor: `NOTIF_RECV`, the
+  caller's owner ids (one `PIDFD_GET_INFO`), `socket()` inside the stack, `ADDFD` and the
+  reply. `ADDFD` wakes the caller without the synchronous flag, so with the scheduler's own
+  placement (the `--no-colocate` row) every round trip crosses CPUs and, on an idle VM, waits
+  for a halted vCPU to wake. Co-location (docs/design.md, "CPU placement") keeps the round
+  trip on one CPU; it pays two more process switches, one `SEND` and three affinity calls so
+  that the caller never sees its narrowed affinity, which the row with supervisor and
+  command pinned to one CPU by the user (`taskset`) does not need. The row with both CPUs
+  kept busy shows the round trip without idle wake-ups. A per-process default table (the
+  nested-mstack row) adds a check of the caller's marker (one `kcmp()`). msocket with a path
+  reads, resolves and checks the path at every call, in the slow lane.
+- **TCP throughput** of a redirected socket is the kernel's: it is an ordinary socket of the
+  stack. Each `write()` pays the seccomp entry path, exactly as under the allow-all filter,
+  which is the bound for the 128-byte rows. With 64 KiB writes the system calls are few
+  against the copying, and what remains between the rows is placement: loopback transfers
+  on a small VM swing with CPU placement even with pinned, interleaved rounds, so read those
+  ratios as equal.
+- **Start-up** is Python's and click's imports (`python3 -c pass` is the interpreter alone),
+  plus the supervisor's set-up when something is redirected; `--lock` with nothing
+  redirected starts no supervisor.
+- **Supervisor scale**: aggregate calls per second of 1, 8 and 64 concurrent processes, each
+  started by its own nested mstack (start-up included), across 1 and 16 stacks; `rss_MB` is
+  the supervisor's largest resident size. Its loop is single-threaded. Co-location applies
+  to a thread that calls back to back; calls from many threads at once are served where the
+  scheduler puts them.
+- **eBPF tracing** (`-v`, `mstack-trace`): "load and attach" is what a `-v` run pays once at
+  start. While attached, the `sys_exit` hook runs for every system call on the machine,
+  traced or not ("native, eBPF tracer attached to another tree" against "native (again,
+  before the tracer row)"); a traced socket call costs the difference between the `-v
+  --lock` row and the `--lock` row.
+"""
+
+
+def readme(text: str, facts: dict[str, str]) -> str:
+    """bench/README.md: the run's facts, the table ``text`` and what bounds each row."""
+    run = ["| " + " | ".join(facts) + " |", "| --- " * len(facts) + "|",
+           "| " + " | ".join(facts.values()) + " |"]
+    return "\n".join([README_HEAD, *run, "", README_HOW, text, "", README_BOUNDS])
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -350,6 +442,7 @@ def main() -> None:
     print(text)
     (HERE / "results.md").write_text(header + "\n\n" + text + "\n")
     (HERE / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    (HERE / "README.md").write_text(readme(text, machine()))
     plot(rows, HERE / "overheads.png")
 
 

@@ -3,7 +3,7 @@
 Parsing is pure apart from reading the file: stack names stay unresolved until run time,
 when :func:`open_policy` resolves them (:func:`mstack_bpf.stacks.resolve.resolve`) and an unusable
 stack fails with its ``FILE:LINE``. Every error is collected, never just the first, as
-``FILE:LINE: message`` (DESIGN.md §5 "Policies"). tomllib gives no line numbers for keys and
+``FILE:LINE: message`` (docs/design.md, "Policies"). tomllib gives no line numbers for keys and
 only the first syntax error, so key lines come from scanning the source text
 (:mod:`mstack_bpf.core.tomlscan`). Whatever the file holds, the only error is
 :class:`PolicyError`: the file must be regular and at most MAX_SIZE bytes, and what would

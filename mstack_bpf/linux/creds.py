@@ -5,7 +5,7 @@ SIGSETXID); the raw system calls change only the calling thread, which is what a
 creating one socket for one target needs. A target's credentials are read at every call:
 they change during a process's life, so they are never cached. The full set comes from
 ``/proc/TID/status``; the two ids that name a socket's owner come from one
-``PIDFD_GET_INFO`` ioctl where the kernel has it (a tenth of the cost).
+``PIDFD_GET_INFO`` ioctl where the kernel has it, without formatting the status file.
 """
 
 from __future__ import annotations

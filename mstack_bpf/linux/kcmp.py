@@ -1,8 +1,8 @@
 """kcmp(2): whether a descriptor of one process is the same open file as one of another.
 
 ``KCMP_FILE`` compares the ``struct file`` behind the two descriptors, so it answers "is
-this still the file we installed there" in one system call (1.6 µs from Python here), where
-reading the descriptor's ``/proc`` link walks procfs (2.7 µs). It needs ptrace read access to
+this still the file we installed there" in one system call, where reading the descriptor's
+``/proc`` link walks procfs. It needs ptrace read access to
 both processes, as ``/proc/PID/fd`` does.
 """
 

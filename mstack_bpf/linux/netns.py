@@ -6,7 +6,7 @@ in ``linux/sockios.h`` and ``SO_NETNS_COOKIE`` in ``asm-generic/socket.h`` (sock
 A namespace is identified by the inode of its nsfs file (``ns_inode``), the same number
 ``readlink /proc/PID/ns/net`` shows, and — for sockets, without privileges — by its
 64-bit cookie (``netns_cookie``). ``SIOCGSKNS`` needs CAP_NET_ADMIN over the socket's
-namespace; ``SO_NETNS_COOKIE`` works for anyone (measured, DESIGN §3).
+namespace; ``SO_NETNS_COOKIE`` works for anyone (measured: docs/design.md, "Kernel facts").
 """
 
 from __future__ import annotations

@@ -46,10 +46,17 @@ def open_thread(tid: int) -> int:
 NR_pidfd_getfd = 438
 
 
-def get_fd(tid: int, fd: int) -> int:
+def get_fd(tid: int, fd: int, tgid: int | None = None) -> int:
     """A close-on-exec duplicate of thread ``tid``'s descriptor ``fd`` (pidfd_getfd(2):
-    needs ptrace access to it); ESRCH if gone, EBADF if ``fd`` is not open there."""
-    pidfd = open_thread(tid)
+    needs ptrace access to it); ESRCH if gone, EBADF if ``fd`` is not open there. Before
+    Linux 6.9 (no PIDFD_THREAD) the pidfd is its process's, ``tgid`` (threads share their
+    descriptors)."""
+    try:
+        pidfd = open_thread(tid)
+    except OSError as e:
+        if e.errno != errno.EINVAL or tgid is None:
+            raise
+        pidfd = os.pidfd_open(tgid)
     try:
         return syscall(NR_pidfd_getfd, pidfd, fd, 0, call="pidfd_getfd")
     finally:

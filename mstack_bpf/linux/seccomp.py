@@ -198,7 +198,7 @@ class Listener:
 
     def recv(self) -> SeccompNotif:
         """Receive one notification. The buffer must be zeroed first, or the kernel says EINVAL."""
-        self._notif_bytes[:] = _NOTIF_ZEROS  # 60 ns; ctypes.memset 240 ns (timed by hand)
+        self._notif_bytes[:] = _NOTIF_ZEROS  # a slice copy: cheaper than ctypes.memset
         if raw_ioctl(self.fd, IOCTL_NOTIF_RECV, self._notif_at) < 0:
             raise SyscallError(ctypes.get_errno(), "ioctl(SECCOMP_IOCTL_NOTIF_RECV)")
         return self.notif

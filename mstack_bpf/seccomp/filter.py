@@ -5,7 +5,7 @@ locked null family gets ERRNO(EAFNOSUPPORT); everything the supervisor must deci
 redirected family, or any family a nested mstack may still change) is USER_NOTIF.
 Non-socket system calls are decided on the syscall number and arch alone, so the kernel's
 seccomp action cache skips the filter for them; the argument checks are on socket calls,
-and under a lock on the few calls that could escape it (DESIGN.md §5 "Locks").
+and under a lock on the few calls that could escape it (docs/design.md, "Locks").
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Stacks: network namespaces made, listed and removed by ``mstack-stack``.
 
-Modules: :mod:`.paths` (names, state layout, :func:`.paths.resolve_user_stack` for the
-core), :mod:`.create` (``add``), :mod:`.manage` (``list``/``del``), :mod:`.veth`,
-:mod:`.usernet` (pasta, slirp4netns), :mod:`.holder` (rootless holder process),
-:mod:`.helper` (:class:`.helper.NetnsSocketHelper`, sockets made inside a rootless stack for
-the supervisor), :mod:`.cli` (``mstack-stack``).
+Modules: :mod:`.resolve` (a STACK or name → a stack, and its namespace opened),
+:mod:`.paths` (names, state layout, :func:`.paths.resolve_user_stack`), :mod:`.create`
+(``add``), :mod:`.manage` (``list``/``del``), :mod:`.veth`, :mod:`.usernet` (pasta,
+slirp4netns), :mod:`.holder` (rootless holder process). The command line is
+``mstack_bpf.cli.stack``; the supervisor's helper inside a rootless stack is
+``mstack_bpf.supervisor.helper``.
 
 DNS: a stack's resolver (``mstack-stack dns NAME``, the DNS column of ``list``, and
 ``STATE_DIR/resolv.conf``) is an address reachable from inside the stack. A program run

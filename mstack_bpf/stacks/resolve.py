@@ -1,4 +1,4 @@
-"""Stack names → stacks, and stacks → open namespace fds (DESIGN.md §5 "Names").
+"""Stack names → stacks, and stacks → open namespace fds (docs/design.md, "Names and resolution").
 
 Order: the reserved names ``null`` and ``native`` (also ``/dev/net/null`` and
 ``/dev/net/native`` when no such file exists); a path with a slash as given; a bare NAME as

@@ -2,8 +2,8 @@
 
 A redirected ``socket()`` is a round trip between two processes, and on an idle machine the
 scheduler spreads them over two CPUs: every wake-up then lands on an idle CPU, which in a VM
-costs a halted vCPU's wake-up (``make bench`` here: the round trip takes ~48 µs spread over
-two CPUs, ~24 µs co-located as below, ~17 µs with both pinned to one CPU by the user). The
+costs a halted vCPU's wake-up (``make bench`` rows "redirected" and "--no-colocate",
+bench/README.md). The
 listener's synchronous mode (``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP``) keeps the notification
 and the reply on the CPU that sent them, but ``SECCOMP_IOCTL_NOTIF_ADDFD`` wakes the caller
 with an ordinary wake-up and then waits for it: the caller moves to an idle CPU, and so does
@@ -25,8 +25,8 @@ interrupted: the listener waits killably once a call is received
 (``SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV``, which every kernel with the synchronous mode has),
 so the installed fd can never be left behind in a caller that went on without it.
 
-Step 2 is one call into C (:meth:`Listener.addfd_narrowed`, ``linux/_colocate.c``): its five
-system calls made through ctypes cost about 3 µs more, an eighth of the whole round trip.
+Step 2 is one call into C (:meth:`Listener.addfd_narrowed`, ``linux/_colocate.c``): five
+system calls made through ctypes cost measurably more on the hot path.
 """
 
 from __future__ import annotations

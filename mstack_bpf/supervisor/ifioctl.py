@@ -21,7 +21,7 @@ import socket
 import struct
 from contextlib import AbstractContextManager
 
-from mstack_bpf.linux import pidfd, procmem, sockets
+from mstack_bpf.linux import creds, pidfd, procmem, sockets
 
 SIOCGIFCONF = 0x8912
 IFREQ_SIZE = 40
@@ -56,7 +56,7 @@ def socket_family(tid: int, fd: int) -> int:
     if not link.startswith("socket:"):
         raise OSError(errno.ENOTTY, "ioctl: not a socket")
     try:
-        ours = pidfd.get_fd(tid, fd)
+        ours = pidfd.get_fd(tid, fd, creds.thread_group(tid))
     except OSError:
         raise OSError(errno.EBADF, "ioctl: no such descriptor") from None
     try:

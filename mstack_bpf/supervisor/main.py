@@ -40,13 +40,15 @@ def _close_other_fds(keep: set[int]) -> None:
 
 
 def _probe_addfd(listener: seccomp.Listener) -> str | None:
-    """ADDFD with an id that cannot exist: ENOENT means the kernel knows the ioctl."""
+    """ADDFD with SEND and an id that cannot exist: ENOENT means the kernel knows both (it
+    refuses a flag it does not know, EINVAL, before it looks the id up)."""
     try:
-        listener.addfd(0xFFFFFFFFFFFFFFFF, 0, cloexec=True, send=False)
+        listener.addfd(0xFFFFFFFFFFFFFFFF, 0, cloexec=True, send=True)
     except SyscallError as e:
         if e.errno == errno.ENOENT:
             return None
-        return f"kernel lacks SECCOMP_IOCTL_NOTIF_ADDFD ({e.strerror}); needs Linux >= 5.14"
+        return (f"kernel lacks SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND "
+                f"({e.strerror}); needs Linux >= 5.14")
     return None
 
 

@@ -8,12 +8,14 @@ shares it between threads, which is exactly the inheritance msocket(2) defines: 
 the table its parent had at the moment of the fork, even after the parent changes its own
 (the parent then gets a new marker) or exits.
 
-Chosen by measurement (Python, this machine, per socket call): readlink of the marker 2.6 µs;
-``pidfd_open`` + ``pidfd_getfd`` + ``fstat`` 6.4 µs; walking parents through /proc ≥ 9.4 µs per
-step, and racy once a parent has exited and the child was reparented. eBPF on
-``sched_process_fork`` would need root, and the tables must work rootless. While no process has
-changed its table, no lookup is made at all; a thread found with a marker before is checked
-with one ``kcmp(KCMP_FILE)`` against our end of that marker (1.6 µs) before the link is read.
+Why a marker read back with readlink: it is one system call per lookup, where
+``pidfd_open`` + ``pidfd_getfd`` + ``fstat`` are three, and walking parents through /proc is
+a walk per step, racy once a parent has exited and the child was reparented; eBPF on
+``sched_process_fork`` would need root, and the tables must work rootless (the costs are the
+``make bench`` row "own table", bench/README.md). While no process has changed its table, no
+lookup is made at all; a thread found with a marker before is checked with one
+``kcmp(KCMP_FILE)`` against our end of that marker, cheaper than the link, before the link
+is read.
 
 A marker the supervisor cannot read is never taken for no marker: a rootless supervisor may
 not look at the descriptors of a process of its own uid that made itself non-dumpable

@@ -1,17 +1,28 @@
-"""Shared fixtures: uniquely named namespaces that are always removed, the probe, mstack."""
+"""What every test directory shares: fixtures for uniquely named namespaces that are always
+removed, and the plain helpers the test modules import — one way to run a program (``run``,
+``mstack``, ``probe``), one namespace-cookie reader (``cookie``, and ``COOKIE_SOURCE`` for
+programs run inside a target), one ``cpus_allowed``, and the supervisor finders.
+
+Fixtures of one directory only live in that directory's ``conftest.py``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +31,16 @@ HELPERS = HERE / "helpers"
 BIN = HERE / "bin"
 PROBE = str(HELPERS / "probe.py")
 PYTHON = sys.executable
+#: the installed interpreter (``make install``): what a target run as another user executes
+VENV_PYTHON = "/opt/mstack/bin/python"
 MSTACK = shutil.which("mstack", path="/usr/local/bin") or "mstack"
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+NOBODY = 65534
+#: prefix that runs a command as ``nobody`` with no supplementary groups
+AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+
+#: a JSON report a probe printed: the tests index it freely, a wrong shape fails there
+Report = Any
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (CAP_SYS_ADMIN for namespaces and seccomp)")
@@ -40,39 +59,95 @@ _EBPF_MISSING = _ebpf_missing()
 needs_ebpf = pytest.mark.skipif(_EBPF_MISSING is not None, reason=str(_EBPF_MISSING))
 
 
-def run(args: list[str], timeout: float = 30, check: bool = False,
-        **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=check,
-                          **kw)  # type: ignore[call-overload]
+# --- running programs ---------------------------------------------------------------------
 
 
-def mstack(*args: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:
-    return run([MSTACK, *args], timeout=timeout, **kw)
+def run(args: Sequence[str], *, timeout: float = 30, check: bool = False,
+        cwd: str | Path | None = None, env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` to its end, stdout and stderr captured as text."""
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          check=check, cwd=cwd, env=env, pass_fds=pass_fds)
 
 
-def probe(*mstack_args: str, command: tuple[str, ...], **kw: object) -> object:
-    """Run the probe under ``mstack *mstack_args`` and return its JSON report."""
-    cp = mstack(*mstack_args, PYTHON, PROBE, *command, **kw)
+def mstack(*args: str, timeout: float = 30, cwd: str | Path | None = None,
+           env: Mapping[str, str] | None = None,
+           pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
+    """``mstack ARGS...`` (the installed one), run to its end."""
+    return run([MSTACK, *args], timeout=timeout, cwd=cwd, env=env, pass_fds=pass_fds)
+
+
+def report(cp: subprocess.CompletedProcess[str]) -> Report:
+    """The JSON report on the last line of a program that succeeded."""
     assert cp.returncode == 0, cp.stderr
     return json.loads(cp.stdout.splitlines()[-1])
 
 
+def probe(*mstack_args: str, command: tuple[str, ...]) -> Report:
+    """Run the probe under ``mstack *mstack_args`` and return its JSON report."""
+    return report(mstack(*mstack_args, PYTHON, PROBE, *command))
+
+
+def readable_copy(source: str | Path, directory: Path) -> str:
+    """A copy of ``source`` that anyone may read, in ``directory`` (a target run as another
+    user cannot read this checkout where it sits in a 0700 directory)."""
+    copy = directory / Path(source).name
+    shutil.copy(source, copy)
+    copy.chmod(0o644)
+    return str(copy)
+
+
+# --- facts: the namespace a socket lives in, the CPUs a task may use ----------------------
+
+
+def cookie(sock: socket.socket) -> int:
+    """The cookie of the network namespace ``sock`` lives in (SO_NETNS_COOKIE, socket(7))."""
+    value: int = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
+    return value  # 71: SO_NETNS_COOKIE (asm-generic/socket.h), unnamed in Python's socket
+
+
+#: ``cookie`` as source, for the programs run inside a target: they cannot import this
+#: module (they run as another user, from a copy, or under another interpreter)
+COOKIE_SOURCE = f"import socket, struct\n\n\n{inspect.getsource(cookie)}"
+
+
+def cookie_code(family: str = "AF_INET", kind: str = "SOCK_STREAM") -> str:
+    """A program for ``python -c``: prints the cookie of a new ``socket.FAMILY`` socket."""
+    return f"{COOKIE_SOURCE}\nprint(cookie(socket.socket(socket.{family}, socket.{kind})))\n"
+
+
 def cookie_of_netns(name: str | None) -> int:
     """A namespace's cookie, from a socket made inside it (``None``: this process's)."""
-    prefix = ["ip", "netns", "exec", name] if name else []
-    code = ("import socket,struct;s=socket.socket(socket.AF_UNIX);"
-            "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
-    return int(run([*prefix, PYTHON, "-c", code], check=True).stdout)
+    if name is None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            return cookie(sock)
+    return int(run(["ip", "netns", "exec", name, PYTHON, "-c", cookie_code("AF_UNIX")],
+                   check=True).stdout)
+
+
+def cpus_allowed(pid: int) -> list[int]:
+    """The CPUs task ``pid`` may run on (sched_getaffinity(2); a thread id works too)."""
+    return sorted(os.sched_getaffinity(pid))
+
+
+# --- namespaces ---------------------------------------------------------------------------
 
 
 class Netns:
+    """A network namespace a test made (``ip netns add``) and the cookie it has."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.path = f"/run/netns/{name}"
         self.cookie = cookie_of_netns(name)
 
-    def exec(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return run(["ip", "netns", "exec", self.name, *args], **kw)  # type: ignore[arg-type]
+    def exec(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """``ARGS...`` run inside the namespace."""
+        return run(["ip", "netns", "exec", self.name, *args], check=check)
+
+
+#: the ``make_netns`` fixture: each call makes one more namespace
+MakeNetns = Callable[[], Netns]
 
 
 def _remove_netns(name: str) -> None:
@@ -84,7 +159,7 @@ def _remove_netns(name: str) -> None:
 
 
 @pytest.fixture
-def make_netns() -> Iterator[object]:
+def make_netns() -> Iterator[MakeNetns]:
     """Factory of fresh namespaces (loopback up, interfaces ``mstk0``/``mstk1``)."""
     made: list[str] = []
 
@@ -104,39 +179,31 @@ def make_netns() -> Iterator[object]:
 
 
 @pytest.fixture
-def netns(make_netns: object) -> Netns:
-    return make_netns()  # type: ignore[operator, no-any-return]
-
-
-@pytest.fixture
-def netns_name(netns: Netns) -> str:
-    """Just the name of a fresh namespace (loopback up; always removed)."""
-    return netns.name
+def netns(make_netns: MakeNetns) -> Netns:
+    return make_netns()
 
 
 @pytest.fixture(scope="session")
 def host_cookie() -> int:
+    """The cookie of the namespace the tests run in (the host's)."""
     return cookie_of_netns(None)
 
 
-def build_c(name: str) -> str:
+# --- programs in C and their files -------------------------------------------------------
+
+
+def build_c(name: str, *flags: str) -> str:
     """Compile tests/helpers/NAME.c into tests/bin/NAME (once a session) and return it."""
     BIN.mkdir(exist_ok=True)
     out = BIN / name
     if name not in _BUILT:
-        run(["cc", "-O2", "-Wall", "-I", str(HERE.parent / "include"), "-o", str(out),
+        run(["cc", "-O2", "-Wall", *flags, "-I", str(HERE.parent / "include"), "-o", str(out),
              str(HELPERS / f"{name}.c")], check=True)
         _BUILT.add(name)
     return str(out)
 
 
 _BUILT: set[str] = set()
-
-
-@pytest.fixture(scope="session")
-def vectors() -> str:
-    """The C program that tries every path to a socket."""
-    return build_c("vectors")
 
 
 @pytest.fixture
@@ -151,6 +218,9 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# --- supervisors and processes -------------------------------------------------------------
+
+
 def supervisors() -> set[int]:
     """Pids of running mstack supervisors (their comm is ``mstack-sv``)."""
     found = set()
@@ -162,14 +232,6 @@ def supervisors() -> set[int]:
             except OSError:
                 pass
     return found
-
-
-def report(cp: subprocess.CompletedProcess[str]) -> object:
-    assert cp.returncode == 0, cp.stderr
-    return json.loads(cp.stdout.splitlines()[-1])
-
-
-# --- helpers for process, credential and robustness tests ---------------------------------
 
 
 def supervisors_of(marker: str) -> set[int]:
@@ -195,13 +257,12 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def wait_until(predicate: object, timeout: float = 10.0, step: float = 0.02) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
+               step: float = 0.02) -> bool:
     """Poll ``predicate()`` until it is true or ``timeout`` seconds have passed."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         if time.monotonic() > deadline:
             return False
@@ -217,8 +278,8 @@ def fd_links(pid: int) -> dict[int, str]:
     return out
 
 
-def kill_all(pids: object) -> None:
-    for pid in pids:  # type: ignore[attr-defined]
+def kill_all(pids: Iterable[int]) -> None:
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
 
@@ -253,14 +314,14 @@ class Stepper:
         first = self.next()
         assert isinstance(first, dict) and "tag" in first, first
 
-    def next(self) -> object:
+    def next(self) -> Report:
         """The report of the step the probe is waiting after."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line, f"probe ended early (status {self.proc.poll()})"
         return json.loads(line)
 
-    def go(self) -> object:
+    def go(self) -> Report:
         """Let the probe run its next step and return that step's report."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("\n")

@@ -22,6 +22,7 @@ from tests.conftest import (
     MSTACK,
     PYTHON,
     Netns,
+    Report,
     build_c,
     mstack,
     needs_root,
@@ -47,7 +48,7 @@ def ifioctl(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def _view(cp: object) -> object:
+def _view(cp: object) -> Report:
     assert getattr(cp, "returncode", 1) == 0, getattr(cp, "stderr", "")
     return json.loads(getattr(cp, "stdout", ""))
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.conftest import Netns, Stepper, needs_root, probe
+from tests.conftest import Netns, Stepper, cpus_allowed, needs_root, probe
 
 pytestmark = [needs_root, pytest.mark.skipif(
     (os.cpu_count() or 1) < 2, reason="co-location needs at least two CPUs")]
@@ -16,15 +16,7 @@ pytestmark = [needs_root, pytest.mark.skipif(
 ALL = list(range(os.cpu_count() or 1))
 
 
-def cpus_allowed(pid: int) -> str:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Cpus_allowed_list:"):
-                return line.split()[1]
-    raise AssertionError("no Cpus_allowed_list")
-
-
-def ours() -> str:
+def ours() -> list[int]:
     """The CPUs mstack (and so its supervisor) may use: this test's own."""
     return cpus_allowed(os.getpid())
 
@@ -54,7 +46,7 @@ def test_the_supervisor_is_pinned_for_a_burst_and_let_go_by_another_caller(
         (supervisor,) = target.supervisors()
         assert cpus_allowed(supervisor) == ours()  # nothing called yet
         target.go()
-        assert cpus_allowed(supervisor) in map(str, ALL)  # one caller, back to back
+        assert cpus_allowed(supervisor) in [[cpu] for cpu in ALL]  # one caller, back to back
         target.go()
         assert cpus_allowed(supervisor) == ours()  # the last call came from another thread
 

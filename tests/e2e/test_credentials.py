@@ -4,20 +4,22 @@ credentials, read at every call (a daemon may drop privileges mid-life)."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
+    AS_NOBODY,
     MSTACK,
+    NOBODY,
     PROBE,
     PYTHON,
     Netns,
     Stepper,
     mstack,
     needs_root,
+    readable_copy,
     report,
     run,
     supervisors_of,
@@ -25,19 +27,14 @@ from tests.conftest import (
 
 pytestmark = needs_root
 
-NOBODY = 65534
 # The interpreter and the probe must be reachable by nobody: /root is not.
 USER_PYTHON = "/usr/bin/python3"
-AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 
 
 @pytest.fixture
 def public_probe(shared_dir: Path) -> str:
     """A copy of the probe in a directory anyone may enter."""
-    path = shared_dir / "probe.py"
-    shutil.copy(PROBE, path)
-    path.chmod(0o644)
-    return str(path)
+    return readable_copy(PROBE, shared_dir)
 
 
 def test_unprivileged_target_gets_exactly_its_native_permissions(netns: Netns,
@@ -101,7 +98,7 @@ def test_capabilities_count_exactly_as_natively(netns: Netns, public_probe: str,
     command = (*wrapper, USER_PYTHON, public_probe, "privileged")
     native = report(netns.exec(*command))
     assert report(mstack(netns.name, *command)) == native
-    assert native["tcp"]["cookie"] == netns.cookie  # type: ignore[index]
+    assert native["tcp"]["cookie"] == netns.cookie
 
 
 def test_credentials_are_taken_per_thread(netns: Netns) -> None:

@@ -9,13 +9,28 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_root, report, run
+from tests.conftest import (
+    AS_NOBODY,
+    COOKIE_SOURCE,
+    HELPERS,
+    PYTHON,
+    MakeNetns,
+    Netns,
+    Report,
+    cookie_code,
+    mstack,
+    needs_root,
+    readable_copy,
+    report,
+    run,
+)
 
 pytestmark = needs_root
 PROBE = str(HELPERS / "msocket_probe.py")
 
 
-def msprobe(*args: str, command: tuple[str, ...]) -> dict[str, object]:
+def msprobe(*args: str, command: tuple[str, ...]) -> Report:
+    """The report of ``msocket_probe.py COMMAND...`` run under ``mstack ARGS...``."""
     result = report(mstack(*args, PYTHON, PROBE, *command))
     assert isinstance(result, dict)
     return result
@@ -26,8 +41,8 @@ def test_outside_mstack_msocket_says_not_under_mstack() -> None:
     assert out == {"-": "NotUnderMstack", "null": "NotUnderMstack", "plain": out["plain"]}
 
 
-def test_explicit_stacks_per_socket(make_netns: object, host_cookie: int) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_explicit_stacks_per_socket(make_netns: MakeNetns, host_cookie: int) -> None:
+    a, b = make_netns(), make_netns()
     out = msprobe("-o", "4", a.name, command=("explicit", "-", b.name, b.path, "native",
                                               "null", "/nonexistent", "/etc/passwd",
                                               "/proc/self/ns/net", "/proc/self/../1/ns/net"))
@@ -52,12 +67,12 @@ def test_files_that_are_not_stacks_are_never_opened(netns: Netns, tmp_path: Path
                           "/dev/null": "ENOTSUP", "plain": netns.cookie}
 
 
-def test_procfs_self_is_the_callers_whatever_the_route(make_netns: object,
+def test_procfs_self_is_the_callers_whatever_the_route(make_netns: MakeNetns,
                                                       host_cookie: int) -> None:
     """procfs' "self" is whoever reads it, and the supervisor opens the path: reached by any
     route (the /dev/fd symlink, a /proc/self inside the caller's root), it must be the
     caller's own entries, never the supervisor's."""
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    a, b = make_netns(), make_netns()
     fd = os.open(b.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         out = report(mstack("-o", "4", a.name, PYTHON, PROBE, "explicit",
@@ -75,11 +90,11 @@ def test_procfs_self_is_the_callers_whatever_the_route(make_netns: object,
                    "/dev/fd/999": "ENOENT", "plain": a.cookie}
 
 
-def test_self_is_the_process_and_thread_self_the_thread(make_netns: object,
+def test_self_is_the_process_and_thread_self_the_thread(make_netns: MakeNetns,
                                                         host_cookie: int) -> None:
     """A thread that entered another namespace: procfs' self is its process (the thread
     group leader's namespace), thread-self the thread itself, by every route, as natively."""
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    a, b = make_netns(), make_netns()
     out = msprobe("-o", "4", a.name, command=(
         "thread_in", b.path, "/proc/self/ns/net", "/proc/thread-self/ns/net",
         "/proc/self/root/proc/self/ns/net", "/proc/self/root/proc/thread-self/ns/net"))
@@ -117,14 +132,14 @@ def test_sock_default_unspec_changes_every_family(netns: Netns) -> None:
     assert out["after"] == {"4": "EAFNOSUPPORT", "6": "EAFNOSUPPORT"}
 
 
-def test_child_keeps_the_table_of_the_fork(make_netns: object) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_child_keeps_the_table_of_the_fork(make_netns: MakeNetns) -> None:
+    a, b = make_netns(), make_netns()
     out = msprobe("native", command=("inherit", a.name, b.name))
     assert out == {"parent": b.cookie, "child": a.cookie}
 
 
-def test_orphan_keeps_the_table_after_reparenting(make_netns: object, tmp_path: Path) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_orphan_keeps_the_table_after_reparenting(make_netns: MakeNetns, tmp_path: Path) -> None:
+    a, b = make_netns(), make_netns()
     result = tmp_path / "orphan.json"
     out = msprobe("native", command=("orphan", a.name, b.name, str(result)))
     assert out == {"original": b.cookie}
@@ -147,17 +162,17 @@ def test_marker_slot_of_the_target_is_never_closed(netns: Netns) -> None:
     assert out == {"result": "EBUSY", "slot": "/dev/null"}
 
 
-def test_lock_refuses_every_change(make_netns: object) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_lock_refuses_every_change(make_netns: MakeNetns) -> None:
+    a, b = make_netns(), make_netns()
     out = msprobe("--lock", "-o", "4", a.name, command=("setdefault", b.name, "2"))
     assert out["result"] == "EPERM"
     out = msprobe("--lock", "-o", "4", a.name, command=("explicit", "-", b.name, a.path))
     assert out == {"-": a.cookie, b.name: "EPERM", a.path: a.cookie, "plain": a.cookie}
 
 
-def test_nested_mstack_sets_defaults_through_the_outer_one(make_netns: object,
+def test_nested_mstack_sets_defaults_through_the_outer_one(make_netns: MakeNetns,
                                                            host_cookie: int) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+    a, b = make_netns(), make_netns()
     script = (f"{PYTHON} {PROBE} explicit -; "
               f"mstack -o 4 {b.name} {PYTHON} {PROBE} explicit -; "
               f"{PYTHON} {PROBE} explicit -; "
@@ -173,16 +188,16 @@ def test_nested_mstack_keeps_its_pid(netns: Netns) -> None:
     assert first == second
 
 
-def test_nested_under_lock_exits_125_naming_the_lock(make_netns: object) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_nested_under_lock_exits_125_naming_the_lock(make_netns: MakeNetns) -> None:
+    a, b = make_netns(), make_netns()
     for outer in (["--lock", "-o", "4", a.name], ["--lock", "null"]):
         cp = mstack(*outer, "bash", "-c", f"mstack -o 4 {b.name} true; echo rc=$?")
         assert "rc=125" in cp.stdout
         assert "locked" in cp.stderr
 
 
-def test_nested_lock_under_unlocked_outer(make_netns: object) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_nested_lock_under_unlocked_outer(make_netns: MakeNetns) -> None:
+    a, b = make_netns(), make_netns()
     inner = f"mstack -o 4 {a.name} {PYTHON} {PROBE} setdefault {a.name} 2"
     cp = mstack("-o", "4", b.name, "mstack", "--lock", "-o", "6", "null", "bash", "-c", inner)
     assert "locked" in cp.stderr
@@ -201,12 +216,11 @@ def test_c_header_msocket(netns: Netns, tmp_path: Path, host_cookie: int) -> Non
 #include <stdio.h>
 #include <string.h>
 #include "msocket.h"
+#include "cookie.h"
 int main(int argc, char **argv) {
-    unsigned long long c = 0; socklen_t l = sizeof c;
     int fd = msocket(argv[1], AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) { printf("socket %s\n", strerrorname_np(errno)); return 0; }
-    getsockopt(fd, SOL_SOCKET, 71, &c, &l);
-    printf("socket %llu\n", c);
+    printf("socket %llu\n", (unsigned long long)netns_cookie(fd));
     if (msocket("null", AF_INET, SOCK_DEFAULT, 0) < 0) { printf("default %d\n", errno); }
     fd = socket(AF_INET, SOCK_DGRAM, 0);
     printf("after %s\n", fd < 0 ? strerrorname_np(errno) : "ok");
@@ -214,8 +228,8 @@ int main(int argc, char **argv) {
 }
 ''')
     binary = tmp_path / "m"
-    run(["cc", "-I", str(HELPERS.parent.parent / "include"), "-o", str(binary), str(source)],
-        check=True)
+    run(["cc", "-I", str(HELPERS.parent.parent / "include"), "-I", str(HELPERS), "-o",
+         str(binary), str(source)], check=True)
     cp = mstack("native", str(binary), netns.name)
     assert cp.stdout.split("\n")[:2] == [f"socket {netns.cookie}", "after EAFNOSUPPORT"]
     outside = run([str(binary), netns.name])
@@ -223,12 +237,10 @@ int main(int argc, char **argv) {
     del host_cookie
 
 
-def test_unprivileged_target_may_name_only_stacks_of_its_tree(make_netns: object,
+def test_unprivileged_target_may_name_only_stacks_of_its_tree(make_netns: MakeNetns,
                                                               shared_dir: Path) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
-    probe = shared_dir / "p.py"
-    probe.write_text(Path(PROBE).read_text())
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, str(probe)]
+    a, b = make_netns(), make_netns()
+    drop = [*AS_NOBODY, PYTHON, readable_copy(PROBE, shared_dir)]
     out = report(mstack("-o", "4", a.name, *drop, "explicit", a.path, b.path))
     assert out == {a.path: a.cookie, b.path: "EACCES", "plain": a.cookie}
 
@@ -243,10 +255,7 @@ def test_an_unprivileged_target_may_name_a_stack_only_if_it_could_enter_it(
     try:  # the holders die with their parent (PR_SET_PDEATHSIG)
         assert holders.stdout is not None
         pids = json.loads(holders.stdout.readline())
-        probe = shared_dir / "p.py"
-        probe.write_text(Path(PROBE).read_text())
-        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON,
-                str(probe)]
+        drop = [*AS_NOBODY, PYTHON, readable_copy(PROBE, shared_dir)]
         owned, nested = (f"/proc/{pids[k]}/ns/net" for k in ("owned", "nested"))
         out = report(mstack("-o", "4", "null", *drop, "explicit", owned, nested))
         assert isinstance(out[owned], int)
@@ -256,11 +265,11 @@ def test_an_unprivileged_target_may_name_a_stack_only_if_it_could_enter_it(
         holders.wait()
 
 
-NESTED_ESCAPE = r'''
-import errno, os, socket, struct, subprocess, sys
+NESTED_ESCAPE = COOKIE_SOURCE + r'''
+import errno, os, subprocess, sys
+CHILD = sys.argv[1]
 def where():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
+    return cookie(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
 out = {"before": where()}
 for name, call in (("close", lambda: os.close(1023)),
                    ("dup2", lambda: os.dup2(0, 1023)),
@@ -271,18 +280,16 @@ for name, call in (("close", lambda: os.close(1023)),
     except OSError as e:
         out[name] = errno.errorcode[e.errno]
 out["after"] = where()
-code = "import socket,struct;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);" \
-       "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])"
-out["child"] = int(subprocess.run([sys.executable, "-c", code], capture_output=True,
+out["child"] = int(subprocess.run([sys.executable, "-c", CHILD], capture_output=True,
                                   text=True).stdout)  # close_fds=True: close_range
 print(out)
 '''
 
 
-def test_nested_lock_keeps_its_table_against_fd_games(make_netns: object) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_nested_lock_keeps_its_table_against_fd_games(make_netns: MakeNetns) -> None:
+    a, b = make_netns(), make_netns()
     cp = mstack("-o", "4", a.name, "mstack", "--lock", "-o", "4", b.name,
-                PYTHON, "-c", NESTED_ESCAPE)
+                PYTHON, "-c", NESTED_ESCAPE, cookie_code("AF_INET", "SOCK_DGRAM"))
     assert cp.returncode == 0, cp.stderr
     out = ast.literal_eval(cp.stdout)  # a dict literal printed by the script above
     assert out == {"before": b.cookie, "close": "EPERM", "dup2": "EPERM", "cloexec": "EPERM",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    AS_NOBODY,
     HELPERS,
     MSTACK,
     PYTHON,
@@ -27,8 +28,7 @@ pytestmark = needs_root
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 ESCAPE_PROBE = str(HELPERS / "escape_probe.py")
-NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-          "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/")
+NOBODY = (*AS_NOBODY, "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/")
 NNP = "grep NoNewPrivs: /proc/self/status"
 BAD = """\
 bogus = 1

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from tests.e2e.test_stack_root import host_http  # noqa: F401  (fixture)
-from tests.e2e.test_stack_rootless import (  # noqa: F401  (fixtures)
-    PY,
-    Nobody,
-    _in_stack,
-    nobody,
-    tun_usable,
-    unique,
-)
-
-COOKIE = ("import socket,struct;s=socket.socket(socket.AF_INET);"
-          "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
+from tests.conftest import VENV_PYTHON, cookie_code
+from tests.e2e.conftest import Nobody, in_stack, unique
 
 
 def test_unprivileged_mstack_through_a_rootless_user_net_stack(
-        nobody: Nobody, tun_usable: None, host_http: int) -> None:  # noqa: F811
+        nobody: Nobody, tun_usable: None, host_http: int) -> None:
     name = unique()
     nobody.ok("add", name, "--user-net", "--host-loopback")
     info = nobody.info(name)
-    inside = _in_stack(nobody, info["holder_pid"], PY, "-c", COOKIE)
-    under = nobody.run("mstack", "-o", "ip", name, PY, "-c", COOKIE)
-    native = nobody.run(PY, "-c", COOKIE)
+    inside = in_stack(nobody, info["holder_pid"], VENV_PYTHON, "-c", cookie_code())
+    under = nobody.run("mstack", "-o", "ip", name, VENV_PYTHON, "-c", cookie_code())
+    native = nobody.run(VENV_PYTHON, "-c", cookie_code())
     assert under.returncode == 0, under.stderr
     assert int(under.stdout) == int(inside.stdout) != int(native.stdout)
     url = f"http://{info['host_alias']}:{host_http}/"

@@ -20,14 +20,13 @@ import uuid
 import pytest
 
 from tests.conftest import (
-    BIN,
-    HELPERS,
     MSTACK,
     Netns,
+    Report,
+    build_c,
     fd_links,
     gone,
     needs_root,
-    run,
     stop_tree,
     supervisors_of,
     wait_until,
@@ -46,11 +45,7 @@ SYNC = "sync"
 
 @pytest.fixture(scope="session")
 def load_bin() -> str:
-    BIN.mkdir(exist_ok=True)
-    out = BIN / "load"
-    run(["cc", "-O2", "-Wall", "-pthread", "-o", str(out), str(HELPERS / "load.c")],
-        check=True)
-    return str(out)
+    return build_c("load", "-pthread")
 
 
 class Workload:
@@ -68,7 +63,7 @@ class Workload:
             self.close()
             raise
 
-    def read(self) -> dict[str, object]:
+    def read(self) -> Report:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line, f"workload ended early (status {self.proc.poll()})"
@@ -76,7 +71,7 @@ class Workload:
         assert isinstance(result, dict)
         return result
 
-    def go(self) -> dict[str, object]:
+    def go(self) -> Report:
         """Run the next step and return its report."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("\n")
@@ -84,7 +79,8 @@ class Workload:
         return self.read()
 
     def synced(self, host_cookie: int) -> bool:
-        return self.go() == {"cookie": host_cookie}
+        got: dict[str, object] = self.go()
+        return got == {"cookie": host_cookie}
 
     def close(self) -> None:
         """Kill the workload (its children die with it: PR_SET_PDEATHSIG) and whatever
@@ -137,7 +133,7 @@ def test_eight_processes_of_four_threads(load_bin: str, netns: Netns, host_cooki
             report = target.go()
             assert report["processes"] == report["clean_exits"] == 8
             all_served(report["calls"], netns.cookie)
-            assert len(report["calls"]["threads"]) == 32  # type: ignore[index]
+            assert len(report["calls"]["threads"]) == 32
             unchanged(target, before, host_cookie)
 
 

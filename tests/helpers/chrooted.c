@@ -15,11 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cookie.h"
 #include "msocket.h"
-
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
 
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
@@ -35,15 +32,12 @@ int main(int argc, char **argv) {
         snprintf(own, sizeof own, "/proc/%d/ns/net", (int)getpid());
         const char *path = strcmp(argv[i], "@self") ? argv[i] : own;
         int fd = msocket(path, AF_INET6, SOCK_DGRAM, 0), err = errno;
-        unsigned long long cookie = 0;
-        socklen_t len = sizeof cookie;
         printf("%s\"%s\": ", i > 3 ? ", " : "", argv[i]);
         if (fd < 0) {
             const char *name = strerrorname_np(err);
             printf("{\"errno\": \"%s\"}", name ? name : "?");
         } else {
-            getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
-            printf("{\"cookie\": %llu}", cookie);
+            printf("{\"cookie\": %llu}", (unsigned long long)netns_cookie(fd));
             close(fd);
         }
     }

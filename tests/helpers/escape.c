@@ -22,23 +22,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
-
+#include "cookie.h"
 #include "int80.h"
 
 /* Format the outcome of a socket call (fd or -1 with err) into buf; closes the fd. */
 static void describe(char *buf, size_t size, long ret, int err) {
-    unsigned long long cookie = 0;
-    socklen_t len = sizeof cookie;
+    uint64_t cookie;
     if (ret < 0) {
         const char *name = strerrorname_np(err);
         snprintf(buf, size, "{\"errno\": \"%s\"}", name ? name : "?");
         return;
     }
-    if (getsockopt((int)ret, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) == 0)
-        snprintf(buf, size, "{\"cookie\": %llu}", cookie);
+    if ((cookie = netns_cookie((int)ret)) != 0)
+        snprintf(buf, size, "{\"cookie\": %llu}", (unsigned long long)cookie);
     else
         snprintf(buf, size, "{\"cookie\": null}");
     close((int)ret);

@@ -16,6 +16,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 
 SO_NETNS_COOKIE = 71
 SOCK_PACKET = 10
@@ -83,14 +84,14 @@ def msocket(path: str | None, family: int, sock_type: int, proto: int) -> tuple[
     return sys_call(-5, raw if raw is not None else ctypes.c_void_p(0), family, sock_type, proto)
 
 
-def in_child(body: object) -> object:
+def in_child(body: Callable[[], object]) -> object:
     """Run ``body()`` in a forked child (so that a namespace change stays there)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
-            os.write(w, json.dumps(body()).encode())  # type: ignore[operator]
+            os.write(w, json.dumps(body()).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -170,14 +171,18 @@ def cmd_shadow(*argv: str) -> object:
 def cmd_setns(path: str, pid: str) -> object:
     """setns into another network namespace: by file (nstype CLONE_NEWNET and 0) and by
     pidfd; where one succeeds, the sockets made there."""
-    def attempt(make_fd: object, nstype: int) -> object:
+    def attempt(make_fd: Callable[[], int], nstype: int) -> object:
         def body() -> object:
-            fd = make_fd()  # type: ignore[operator]
-            ret, err = sys_call(NR_SETNS, fd, nstype)
+            ret, err = sys_call(NR_SETNS, make_fd(), nstype)
             return {"errno": err} if ret < 0 else {"ok": True, "sockets": sockets()}
         return in_child(body)
-    by_file = lambda: os.open(path, os.O_RDONLY)  # noqa: E731
-    by_pidfd = lambda: os.pidfd_open(int(pid))  # noqa: E731
+
+    def by_file() -> int:
+        return os.open(path, os.O_RDONLY)
+
+    def by_pidfd() -> int:
+        return os.pidfd_open(int(pid))
+
     return {"file_newnet": attempt(by_file, CLONE_NEWNET), "file_0": attempt(by_file, 0),
             "pidfd_newnet": attempt(by_pidfd, CLONE_NEWNET),
             "pidfd_user_net": attempt(by_pidfd, CLONE_NEWNET | CLONE_NEWUSER)}

@@ -1,6 +1,8 @@
 """A forked child under a socket()-only notification filter whose listener the test holds:
 the test answers the child's socket() call itself. The child reports the fd it got, that
-fd's inode, its close-on-exec flag (or the errno) and its affinity right after the call."""
+fd's inode, its close-on-exec flag (or the errno) and its affinity right after the call.
+
+The kernel tests get one from the ``caller`` fixture (tests/kernel/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,8 @@ import signal
 import socket
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-
-import pytest
 
 from mstack_bpf.linux import prctl
 from mstack_bpf.linux.seccomp import Action, Listener, install_filter
@@ -23,6 +24,7 @@ from mstack_bpf.seccomp.program import (
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
     Instruction,
 )
+from tests.conftest import cpus_allowed
 
 NR_socket = 41
 # socket() goes to the listener, everything else runs
@@ -67,24 +69,27 @@ def _child(channel: socket.socket, cpus: list[int] | None) -> None:
                         | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
     channel.sendmsg([b"l"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
     os.close(fd)
+    report: dict[str, object]
     try:
         got = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         report = {"fd": got.fileno(), "inode": os.fstat(got.fileno()).st_ino,
                   "cloexec": not os.get_inheritable(got.fileno())}
     except OSError as e:
         report = {"errno": e.errno}
-    report["after"] = sorted(os.sched_getaffinity(0))
+    report["after"] = cpus_allowed(0)
     channel.send(json.dumps(report).encode())
 
 
-@pytest.fixture(params=[None], ids=["free"])
-def caller(request: pytest.FixtureRequest) -> Iterator[Caller]:
+@contextmanager
+def started_caller(cpus: list[int] | None) -> Iterator[Caller]:
+    """A child (with affinity ``cpus``, or ours) waiting in its socket() call on us; when
+    done, its listener is closed (the pending call fails) and the child reaped."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         try:
             ours.close()
-            _child(theirs, request.param)
+            _child(theirs, cpus)
         finally:
             os._exit(0)
     theirs.close()

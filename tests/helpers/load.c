@@ -36,9 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
+#include "cookie.h"
+
 #define MAX_THREADS 64
 #define MAX_ERRNO 160
 #define MAX_COOKIES 4
@@ -77,14 +76,6 @@ static void *shared(size_t size) {
     return p;
 }
 
-static uint64_t cookie_of(int fd) {
-    uint64_t c = 0;
-    socklen_t len = sizeof c;
-    if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &c, &len) < 0)
-        return 0;
-    return c;
-}
-
 static void note_cookie(struct stats *st, uint64_t c) {
     for (int i = 0; i < st->ncookies; i++)
         if (st->cookies[i] == c)
@@ -105,7 +96,7 @@ static void one_call(struct stats *st, int family) {
         return;
     }
     st->ok++;
-    note_cookie(st, cookie_of(fd));
+    note_cookie(st, netns_cookie(fd));
     close(fd);
 }
 
@@ -219,8 +210,8 @@ static void cmd_one(int out) {
     fds[1] = socket(AF_UNIX, SOCK_DGRAM, 0);
     int erru = errno;
     int len = snprintf(line, sizeof line, "%llu %llu %d %d\n",
-                       (unsigned long long)(fds[0] < 0 ? 0 : cookie_of(fds[0])),
-                       (unsigned long long)(fds[1] < 0 ? 0 : cookie_of(fds[1])),
+                       (unsigned long long)(fds[0] < 0 ? 0 : netns_cookie(fds[0])),
+                       (unsigned long long)(fds[1] < 0 ? 0 : netns_cookie(fds[1])),
                        fds[0] < 0 ? err4 : 0, fds[1] < 0 ? erru : 0);
     _exit(write(out, line, len) == len ? 0 : 1);
 }
@@ -406,7 +397,7 @@ static void cmd_sync(void) {
         printf("{\"errno\": \"%s\"}\n", strerrorname_np(errno));
         return;
     }
-    printf("{\"cookie\": %llu}\n", (unsigned long long)cookie_of(fd));
+    printf("{\"cookie\": %llu}\n", (unsigned long long)netns_cookie(fd));
     close(fd);
 }
 

@@ -14,6 +14,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from mstack_bpf import NotUnderMstack, msocket, set_default_stack
 
@@ -24,9 +25,9 @@ def where(sock: socket.socket) -> int:
     return value
 
 
-def attempt(fn: object, *args: object) -> object:
+def attempt(fn: Callable[..., object], *args: object) -> object:
     try:
-        result = fn(*args)  # type: ignore[operator]
+        result = fn(*args)
     except NotUnderMstack:
         return "NotUnderMstack"
     except OSError as e:
@@ -123,13 +124,16 @@ def cmd_thread(stack: str) -> object:
 def cmd_execs(stack: str) -> object:
     """Set the default, then fork+exec a fresh interpreter that makes a socket."""
     set_default_stack(stack, socket.AF_INET)
-    code = ("import socket,struct;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-            "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, __file__, "plain"], capture_output=True, text=True,
                          close_fds=False)
-    return {"exec_child": int(out.stdout) if out.stdout.strip() else out.stderr}
+    return {"exec_child": json.loads(out.stdout) if out.stdout.strip() else out.stderr}
+
+
+def cmd_plain() -> object:
+    """Where a plain AF_INET socket() lands."""
+    return plain()
 
 
 def cmd_busy(stack: str) -> object:

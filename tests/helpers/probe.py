@@ -344,11 +344,11 @@ def _cpus(spec: str) -> set[int]:
     return set(range(os.cpu_count() or 1)) if spec == "all" else {int(c) for c in spec.split("+")}
 
 
-def cmd_affinity(count: str, *specs: str) -> object:
+def cmd_affinity(count: str, *specs: str) -> list[dict[str, object]]:
     """For each CPU set in ``specs`` ("all", "1", "0+1"): take it as this thread's affinity,
     then make ``count`` redirectable sockets, reading the affinity right after each one. The
     supervisor narrows a caller's affinity inside its call: the caller must never see it."""
-    results = []
+    results: list[dict[str, object]] = []
     for spec in specs:
         want = _cpus(spec)
         os.sched_setaffinity(0, want)
@@ -375,7 +375,7 @@ def cmd_affinity_threads(count: str, threads: str) -> object:
 
     def body(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
-        box.append({"cpu": cpu, **cmd_affinity(count, str(cpu))[0]})  # type: ignore[index]
+        box.append({"cpu": cpu, **cmd_affinity(count, str(cpu))[0]})
 
     pool = [threading.Thread(target=body, args=(i % ncpu,)) for i in range(int(threads))]
     for t in pool:

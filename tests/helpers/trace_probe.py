@@ -24,7 +24,7 @@ def inode(sock: socket.socket) -> int:
 def main() -> None:
     from mstack_bpf import msocket
 
-    out = []
+    out: list[dict[str, object]] = []
     for spec in sys.argv[1:]:  # FAMILY or STACK:FAMILY (msocket)
         stack, _, fam = spec.rpartition(":")
         try:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 NOBODY = 65534
@@ -34,13 +35,13 @@ def become_nobody(groups: bool = True) -> None:
     _libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: a uid change cleared it; nobody may look
 
 
-def hold(setup: object) -> int:
+def hold(setup: Callable[[int], None]) -> int:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         try:
-            setup(w)  # type: ignore[operator]
+            setup(w)
             _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (after the uid change cleared it)
             if os.getppid() == 1:
                 os._exit(1)

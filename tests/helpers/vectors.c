@@ -13,26 +13,23 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
 #define X32_BIT 0x40000000L
 
+#include "cookie.h"
 #include "int80.h"
 
 static int first = 1;
 
 static void report(const char *name, long ret, int err) {
-    unsigned long long cookie = 0;
-    socklen_t len = sizeof cookie;
+    uint64_t cookie;
     printf("%s\"%s\": {\"ret\": %ld", first ? "" : ", ", name, ret < 0 ? -1L : ret);
     first = 0;
     if (ret < 0) {
         printf(", \"errno\": \"%s\"}", strerrorname_np(err) ? strerrorname_np(err) : "?");
         return;
     }
-    if (getsockopt((int)ret, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) == 0)
-        printf(", \"cookie\": %llu}", cookie);
+    if ((cookie = netns_cookie((int)ret)) != 0)
+        printf(", \"cookie\": %llu}", (unsigned long long)cookie);
     else
         printf(", \"cookie\": null}");
     close((int)ret);

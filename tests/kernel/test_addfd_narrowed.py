@@ -18,20 +18,15 @@ import pytest
 
 from mstack_bpf.linux import sched
 from mstack_bpf.linux.seccomp import Listener
-from tests.conftest import needs_root
-from tests.helpers.listener_child import Caller, caller
+from tests.conftest import cpus_allowed, needs_root
+from tests.helpers.listener_child import Caller
 
 ONLINE = sched.online_cpus()
 ALL = [cpu for cpu in range(len(ONLINE.raw) * 8) if cpu in ONLINE]
 pytestmark = [needs_root, pytest.mark.skipif(
     len(ALL) < 2 or sched.get_affinity(0) != ONLINE,
     reason="narrowing needs at least two CPUs, all of them allowed to this test")]
-__all__ = ["caller"]  # the fixture
 HERE = ALL[-1]
-
-
-def cpus_allowed(pid: int) -> list[int]:
-    return sorted(os.sched_getaffinity(pid))
 
 
 def here() -> sched.CpuSet:

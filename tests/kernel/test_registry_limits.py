@@ -13,15 +13,15 @@ from mstack_bpf.linux import netns as netns_mod
 from mstack_bpf.supervisor import factory, registry
 from mstack_bpf.supervisor.factory import StackSockets
 from mstack_bpf.supervisor.registry import StackRegistry
-from tests.conftest import needs_root
+from tests.conftest import MakeNetns, needs_root
 
 pytestmark = needs_root
 
 
-def test_namespaces_named_at_run_time_are_bounded(make_netns: object,
+def test_namespaces_named_at_run_time_are_bounded(make_netns: MakeNetns,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "MAX_NAMED", 2)
-    a, b, c = (make_netns() for _ in range(3))  # type: ignore[operator]
+    a, b, c = (make_netns() for _ in range(3))
     reg, sockets = StackRegistry(()), StackSockets()
     try:
         me = os.getpid()  # opened as this (root) process would open them
@@ -38,12 +38,12 @@ def test_namespaces_named_at_run_time_are_bounded(make_netns: object,
         sockets.close()
 
 
-def test_interface_ioctl_sockets_are_bounded(make_netns: object,
+def test_interface_ioctl_sockets_are_bounded(make_netns: MakeNetns,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(factory, "IOCTL_SOCKETS", 2)
-    spaces = [make_netns() for _ in range(3)]  # type: ignore[operator]
+    spaces = [make_netns() for _ in range(3)]
     fds = [netns_mod.open_netns(f"/run/netns/{ns.name}") for ns in spaces]
-    seen: list[object] = []
+    seen: list[int | bool] = []  # three fds, then whether the third socket was kept
 
     def body() -> None:  # in a thread of its own: the sockets are made by setns(2)
         sockets = StackSockets()
@@ -62,5 +62,5 @@ def test_interface_ioctl_sockets_are_bounded(make_netns: object,
         for fd in fds:
             os.close(fd)
     assert seen[0] == -1  # the oldest was closed
-    assert seen[1] >= 0 and seen[2] >= 0  # type: ignore[operator]
+    assert seen[1] >= 0 and seen[2] >= 0
     assert seen[3] is True

@@ -2,7 +2,8 @@
 credentials fails as if it had gone (ESRCH) while its call is still pending, the supervisor
 replies with that errno instead of dropping the call, which would leave the caller waiting
 for good; a call whose caller has really gone is dropped. Driven with a real listener and
-caller (tests/helpers/listener_child.py) and a stack that is our own namespace."""
+caller (the ``caller`` fixture, tests/helpers/listener_child.py) and a stack that is our own
+namespace."""
 
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ from mstack_bpf.supervisor.loop import Supervisor
 from mstack_bpf.supervisor.registry import StackRegistry
 from mstack_bpf.supervisor.tables import Tables
 from tests.conftest import needs_root
-from tests.helpers.listener_child import Caller, caller
+from tests.helpers.listener_child import Caller
 
 pytestmark = needs_root
-__all__ = ["caller"]  # the fixture
 HERE = Stack(StackKind.NETNS, "here", "/proc/self/ns/net")
 
 

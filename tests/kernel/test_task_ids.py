@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from mstack_bpf.linux import creds, pidfd, sched
-from tests.conftest import needs_root
+from tests.conftest import cpus_allowed, needs_root
 
 pytestmark = needs_root  # setfsuid to another uid
 libc = ctypes.CDLL(None, use_errno=True)
@@ -111,18 +111,22 @@ def test_a_reaped_thread_reads_as_gone() -> None:
 def test_affinity_of_another_thread_is_read_and_set_exactly() -> None:
     done = threading.Event()
     tids: list[int] = []
-    t = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), done.wait()))
+
+    def body() -> None:
+        tids.append(threading.get_native_id())
+        done.wait()
+
+    t = threading.Thread(target=body)
     t.start()
     try:
         while not tids:
             threading.Event().wait(0.001)
         tid = tids[0]
         theirs = sched.get_affinity(tid)
-        assert set(c for c in range(os.cpu_count() or 1) if c in theirs) == \
-            os.sched_getaffinity(tid)
+        assert [c for c in range(os.cpu_count() or 1) if c in theirs] == cpus_allowed(tid)
         sched.set_affinity(tid, sched.CpuSet.only(0))
-        assert os.sched_getaffinity(tid) == {0}
-        assert os.sched_getaffinity(0) == os.sched_getaffinity(os.getpid())  # ours untouched
+        assert cpus_allowed(tid) == [0]
+        assert cpus_allowed(0) == cpus_allowed(os.getpid())  # ours untouched
         sched.set_affinity(tid, theirs)
         assert sched.get_affinity(tid) == theirs
         assert 0 <= sched.current_cpu() < (os.cpu_count() or 1)

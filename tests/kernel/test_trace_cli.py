@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import mstack_bpf
-from tests.conftest import needs_ebpf
+from tests.conftest import AS_NOBODY, needs_ebpf, run
 
 pytestmark = needs_ebpf
 
@@ -29,23 +29,13 @@ WORK = (
 )
 
 
-def run(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
-    if as_nobody:
-        return subprocess.run(
-            [*TRACE, *args],
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=30,
-            user=65534,
-            group=65534,
-            extra_groups=[],
-        )
-    return subprocess.run([*TRACE, *args], capture_output=True, text=True, env=ENV, timeout=30)
+def trace(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
+    """``mstack-trace ARGS...`` from this checkout (as ``nobody`` if asked)."""
+    return run([*(AS_NOBODY if as_nobody else ()), *TRACE, *args], env=ENV)
 
 
 def test_command_json_and_exit_status() -> None:
-    proc = run("--json", "--", PY, "-c", WORK)
+    proc = trace("--json", "--", PY, "-c", WORK)
     assert proc.returncode == 3, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     made = [r for r in records if r["call"] == "socket" and r["fds"]]
@@ -60,7 +50,7 @@ def test_command_json_and_exit_status() -> None:
 
 def test_text_columns_and_summary_in_netns(netns_name: str) -> None:
     code = "import socket; socket.socket(socket.AF_INET)"
-    proc = run("-s", "--", "ip", "netns", "exec", netns_name, PY, "-c", code)
+    proc = trace("-s", "--", "ip", "netns", "exec", netns_name, PY, "-c", code)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["TIME", "PID", "COMM", "CALL", "FAMILY", "TYPE", "FD/ERR", "STACK"]
@@ -92,22 +82,22 @@ def test_pid_mode_stops_cleanly_on_sigterm() -> None:
     [("-p", "1", "--", "true"), ("--bogus",), ("-p", "0")],
 )
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
-    assert run(*args).returncode == 2
+    assert trace(*args).returncode == 2
 
 
 def test_command_not_found_exits_127() -> None:
-    proc = run("--", "/nonexistent/mstack-test-cmd")
+    proc = trace("--", "/nonexistent/mstack-test-cmd")
     assert proc.returncode == 127
     assert "No such file" in proc.stderr
 
 
 def test_signal_death_is_128_plus_signal() -> None:
-    proc = run("--", "sh", "-c", "kill -TERM $$")
+    proc = trace("--", "sh", "-c", "kill -TERM $$")
     assert proc.returncode == 128 + signal.SIGTERM
 
 
 def test_unavailable_exits_125_with_reason() -> None:
-    proc = run("--", "true", as_nobody=True)
+    proc = trace("--", "true", as_nobody=True)
     assert proc.returncode == 125, proc.stderr
     assert proc.stderr.count("\n") == 1
     assert "needs root" in proc.stderr

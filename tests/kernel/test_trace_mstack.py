@@ -7,14 +7,26 @@ import json
 import os
 from pathlib import Path
 
-from tests.conftest import HELPERS, PYTHON, Netns, mstack, needs_ebpf, needs_root, run
+from tests.conftest import (
+    AS_NOBODY,
+    HELPERS,
+    PYTHON,
+    MakeNetns,
+    Netns,
+    Report,
+    mstack,
+    needs_ebpf,
+    needs_root,
+    run,
+)
 
 pytestmark = needs_root
 PROBE = str(HELPERS / "trace_probe.py")
 
 
 def run_traced(mstack_args: list[str],
-               specs: list[str]) -> tuple[dict[str, object], list[dict[str, object]]]:
+               specs: list[str]) -> tuple[Report, list[Report]]:
+    """The probe's own report and the traced socket calls of its process."""
     cp = run(["mstack-trace", "--json", "--", "mstack", *mstack_args, PYTHON, PROBE, *specs],
              timeout=60)
     assert cp.returncode == 0, cp.stderr
@@ -27,8 +39,8 @@ def run_traced(mstack_args: list[str],
 
 
 @needs_ebpf
-def test_traced_stacks_equal_what_the_target_sees(make_netns: object) -> None:
-    a, b = make_netns(), make_netns()  # type: ignore[operator]
+def test_traced_stacks_equal_what_the_target_sees(make_netns: MakeNetns) -> None:
+    a, b = make_netns(), make_netns()
     specs = ["2", "1", "10", f"{b.path}:2", "null:2", "/nonexistent:2"]
     report, events = run_traced(["-o", "4", a.name], specs)
     sockets = report["sockets"]
@@ -67,8 +79,8 @@ def test_verbose_under_lock_without_supervisor_still_reports() -> None:
 
 
 def test_verbose_without_ebpf_says_why_in_one_line(shared_dir: Path) -> None:
-    cp = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-              "env", "PATH=/usr/local/bin:/usr/bin:/bin", "mstack", "-v", "native", "true"],
+    cp = run([*AS_NOBODY, "env", "PATH=/usr/local/bin:/usr/bin:/bin", "mstack", "-v", "native",
+              "true"],
              cwd=str(shared_dir))
     assert cp.returncode == 0, cp.stderr
     missing = [line for line in cp.stderr.splitlines() if "no socket table" in line]

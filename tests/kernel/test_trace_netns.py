@@ -13,7 +13,7 @@ import pytest
 from mstack_bpf.trace.events import Call, Event
 from mstack_bpf.trace.names import StackNames
 from mstack_bpf.trace.tracer import Tracer, unavailable_reason
-from tests.conftest import needs_ebpf
+from tests.conftest import needs_ebpf, run
 
 pytestmark = needs_ebpf
 
@@ -155,7 +155,7 @@ def test_existing_descendants_are_traced() -> None:
 
 def test_unfiltered_sees_everyone() -> None:
     with Tracer() as tracer:
-        proc = subprocess.run([PY, "-c", "import socket; socket.socket(socket.AF_INET6)"])
+        proc = run([PY, "-c", "import socket; socket.socket(socket.AF_INET6)"])
         assert proc.returncode == 0
         events = tracer.drain()
     assert any(e.family == 10 and e.ok for e in events if e.call == Call.SOCKET)

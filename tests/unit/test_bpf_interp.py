@@ -68,8 +68,9 @@ def ret(k: int) -> Instruction:
     return I(RET | K, k)
 
 
-def run(program: list[Instruction], nr: int = 0, args: tuple[int, ...] = (),
-        ip: int = 0) -> int:
+def verdict(program: list[Instruction], nr: int = 0, args: tuple[int, ...] = (),
+            ip: int = 0) -> int:
+    """What ``program`` returns for one x86_64 call."""
     return Program(program)(nr, ARCH, args, ip)
 
 
@@ -77,7 +78,7 @@ def run(program: list[Instruction], nr: int = 0, args: tuple[int, ...] = (),
 
 
 def test_ret_k() -> None:
-    assert run([ret(0x12345678)]) == 0x12345678
+    assert verdict([ret(0x12345678)]) == 0x12345678
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,7 @@ def test_ret_k() -> None:
 def test_load_word_from_seccomp_data(offset: int, expected: int) -> None:
     args = (0x0123456789ABCDEF, -1, 0, 0, 0, 7)
     program = [ld(offset), I(RET | RET_A)]
-    assert run(program, nr=-5, args=args, ip=0x1122334455667788) == expected
+    assert verdict(program, nr=-5, args=args, ip=0x1122334455667788) == expected
 
 
 def test_seccomp_data_pack_masks_to_c_widths() -> None:
@@ -118,12 +119,12 @@ def test_len_imm_and_scratch_memory() -> None:
         I(LDX | MEM, 4), I(ALU | ADD | X),  # A += 5
         I(RET | RET_A),
     ]
-    assert run(program) == 133
+    assert verdict(program) == 133
 
 
 def test_tax_txa() -> None:
     program = [I(LD | IMM, 9), I(MISC | TAX), I(LD | IMM, 0), I(MISC | TXA), I(RET | RET_A)]
-    assert run(program) == 9
+    assert verdict(program) == 9
 
 
 # --- arithmetic ----------------------------------------------------------------------------
@@ -146,17 +147,17 @@ def test_tax_txa() -> None:
 def test_alu_k_and_x(op: int, a: int, k: int, expected: int) -> None:
     with_k = [I(LD | IMM, a), I(ALU | op | K, k), I(RET | RET_A)]
     with_x = [I(LDX | IMM, k), I(LD | IMM, a), I(ALU | op | X), I(RET | RET_A)]
-    assert run(with_k) == expected
-    assert run(with_x) == expected
+    assert verdict(with_k) == expected
+    assert verdict(with_x) == expected
 
 
 def test_neg() -> None:
-    assert run([I(LD | IMM, 1), I(ALU | NEG), I(RET | RET_A)]) == 0xFFFFFFFF
+    assert verdict([I(LD | IMM, 1), I(ALU | NEG), I(RET | RET_A)]) == 0xFFFFFFFF
 
 
 def test_division_by_zero_x_returns_zero() -> None:
     program = [I(LD | IMM, 5), I(LDX | IMM, 0), I(ALU | DIV | X), I(RET | K, SECCOMP_RET_ALLOW)]
-    assert run(program) == 0  # SECCOMP_RET_KILL_THREAD
+    assert verdict(program) == 0  # SECCOMP_RET_KILL_THREAD
 
 
 # --- jumps ---------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_division_by_zero_x_returns_zero() -> None:
 
 def _branch(op: int, k: int, value: int) -> int:
     program = [ld(16), I(JMP | op | K, k, jt=1, jf=0), ret(0), ret(1)]
-    return run(program, args=(value,))
+    return verdict(program, args=(value,))
 
 
 @pytest.mark.parametrize(
@@ -182,18 +183,18 @@ def test_conditional_jumps(op: int, k: int, value: int, taken: bool) -> None:
 
 def test_conditional_jump_with_x() -> None:
     program = [I(LDX | IMM, 7), ld(16), I(JMP | JEQ | X, 0, jt=1), ret(0), ret(1)]
-    assert run(program, args=(7,)) == 1
-    assert run(program, args=(8,)) == 0
+    assert verdict(program, args=(7,)) == 1
+    assert verdict(program, args=(8,)) == 0
 
 
 def test_ja_skips() -> None:
-    assert run([I(JMP | JA, 2), ret(0), ret(1), ret(2)]) == 2
+    assert verdict([I(JMP | JA, 2), ret(0), ret(1), ret(2)]) == 2
 
 
 def test_only_low_half_of_an_argument_is_compared() -> None:
     program = [ld(16), I(JMP | JEQ | K, 2, jt=0, jf=1), ret(ERRNO_1), ret(SECCOMP_RET_ALLOW)]
-    assert run(program, args=(0x100000002,)) == ERRNO_1
-    assert run(program, args=(-1,)) == SECCOMP_RET_ALLOW
+    assert verdict(program, args=(0x100000002,)) == ERRNO_1
+    assert verdict(program, args=(-1,)) == SECCOMP_RET_ALLOW
 
 
 def test_agrees_with_bpfasm_labels_and_far_jumps() -> None:

@@ -1,4 +1,4 @@
-"""The ``-o`` list grammar of mstack(1) (DESIGN.md §1 and §5 "-o")."""
+"""The ``-o`` list grammar of mstack(1) (docs/design.md, "The -o grammar")."""
 
 from __future__ import annotations
 

@@ -19,12 +19,13 @@ from mstack_bpf.core.families import AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, A
 from mstack_bpf.core.model import NULL, Mapping, Stack, StackKind
 from mstack_bpf.launch import launcher
 from mstack_bpf.launch.plan import LaunchPlan, plan
+from mstack_bpf.linux import seccomp
 from mstack_bpf.seccomp.filter import FilterSpec, compile_filter
 
 
 def test_kernel_without_user_notification_fails_with_125_naming_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launcher.seccomp, "action_available", lambda action: False)
+    monkeypatch.setattr(seccomp, "action_available", lambda action: False)
     with pytest.raises(Unsupported) as info:
         launcher.check_kernel()
     assert info.value.exit_code == EXIT_FAILED

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from mstack_bpf.trace.events import Call, Event
 from mstack_bpf.trace.summary import (
     EVENT_HEADER,
@@ -22,10 +20,11 @@ CLOEXEC = 0o2000000
 
 
 def ev(
-    call: Call = Call.SOCKET, family: int = 2, ret: int = 3, netns: int = HOST, **kw: object
+    call: Call = Call.SOCKET, family: int = 2, ret: int = 3, netns: int = HOST, *,
+    fds: tuple[int, ...] | None = None, type: int = 1 | CLOEXEC, ia32: bool = False
 ) -> Event:
-    fds = kw.pop("fds", (ret,) if ret >= 0 else ())
-    base = Event(
+    """A traced call of curl (42): by default a socket() of ``family`` that returned fd 3."""
+    return Event(
         ts_ns=1_000_000_000,
         pid=42,
         tid=42,
@@ -33,14 +32,14 @@ def ev(
         comm="curl",
         call=call,
         family=family,
-        type=1 | CLOEXEC,
+        type=type,
         protocol=0,
         ret=ret,
-        fds=fds,  # type: ignore[arg-type]
+        fds=((ret,) if ret >= 0 else ()) if fds is None else fds,
         sock_netns=netns if ret >= 0 else 0,
         caller_netns=HOST,
+        ia32=ia32,
     )
-    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
 def test_stack_name() -> None:

@@ -1,0 +1,147 @@
+"""Fixtures of the end-to-end tests, and the helpers for running things as ``nobody``
+with stacks of its own (rootless ``mstack-stack``)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import VENV_PYTHON, build_c, run
+
+ROOT = Path(__file__).resolve().parents[2]
+#: as ``nobody`` by name, as a user would type it (AS_NOBODY in tests/conftest.py by number)
+SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.fixture(scope="session")
+def vectors() -> str:
+    """The C program that tries every path to a socket."""
+    return build_c("vectors")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def host_http() -> Iterator[int]:
+    """An HTTP server on the host's 127.0.0.1 (what user-net aliases reach); yields its port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+# --- nobody and its rootless stacks ----------------------------------------------------------
+
+
+class Nobody:
+    """Runs commands as nobody with a private XDG_RUNTIME_DIR under a temp dir."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.xdg = home / "xdg"
+        self.env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "XDG_RUNTIME_DIR": str(self.xdg),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return run([*SETPRIV, "env", "-i", *(f"{k}={v}" for k, v in self.env.items()), *argv],
+                   timeout=timeout, cwd=self.home)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(VENV_PYTHON, "-m", "mstack_bpf.cli.stack", *args)
+
+    def ok(self, *args: str) -> str:
+        res = self.cli(*args)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    def info(self, name: str) -> dict[str, Any]:
+        for entry in json.loads(self.ok("list", "--json")):
+            if entry["name"] == name:
+                return dict(entry)
+        raise AssertionError(f"{name} not listed")
+
+
+def unique() -> str:
+    """A fresh name for a rootless stack."""
+    return f"rl{os.getpid() % 10000}{random.randrange(16**4):04x}"
+
+
+def in_stack(user: Nobody, holder: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` run by ``user`` inside the rootless stack that ``holder`` keeps."""
+    return user.run("nsenter", "--preserve-credentials", "-U", "-n", "-t", str(holder), *argv)
+
+
+@pytest.fixture
+def nobody() -> Iterator[Nobody]:
+    """nobody, with a home anyone may enter; every stack it made is deleted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    if not os.path.exists(VENV_PYTHON):
+        pytest.skip(f"{VENV_PYTHON} missing (make install)")
+    home = Path(tempfile.mkdtemp(prefix="mstack-rootless-"))
+    home.chmod(0o755)
+    xdg = home / "xdg"
+    xdg.mkdir(mode=0o700)
+    os.chown(xdg, 65534, 65534)
+    user = Nobody(home)
+    try:
+        yield user
+    finally:
+        base = xdg / "mstack"
+        for entry in base.iterdir() if base.is_dir() else []:
+            user.cli("del", entry.name)
+            _kill_recorded(entry / "state.json")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _kill_recorded(state: Path) -> None:
+    """Root's last resort when ``del`` as nobody failed: kill what the record names."""
+    try:
+        procs = json.loads(state.read_text())["procs"]
+    except (OSError, ValueError, KeyError):
+        return
+    for p in procs:
+        try:
+            with open(f"/proc/{p['pid']}/stat", "rb") as f:
+                raw = f.read()
+            if int(raw[raw.rindex(b")") + 2 :].split()[19]) == p["start"]:
+                os.kill(p["pid"], signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+@pytest.fixture
+def tun_usable() -> Iterator[None]:
+    """/dev/net/tun usable by nobody (0666) for the test; its mode restored afterwards."""
+    st = os.stat("/dev/net/tun")
+    mode = st.st_mode & 0o7777
+    if mode & 0o006 != 0o006:
+        os.chmod("/dev/net/tun", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/net/tun", mode)

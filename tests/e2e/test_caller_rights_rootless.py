@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.e2e.test_stack_rootless import (  # noqa: F401  (fixtures)
-    PY,
-    SETPRIV,
-    Nobody,
-    _in_stack,
-    nobody,
-    unique,
-)
+from tests.conftest import VENV_PYTHON as PY
+from tests.e2e.conftest import SETPRIV, Nobody, unique
+from tests.e2e.conftest import in_stack as _in_stack
 
 #: becomes non-dumpable, then reports where an AF_INET socket lives (or the errno)
 NON_DUMPABLE = """
@@ -30,7 +25,7 @@ COOKIE = ("import socket,struct;s=socket.socket(socket.AF_INET);"
           "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
 
 
-def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> None:  # noqa: F811
+def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> None:
     name = unique()
     nobody.ok("add", name)
     inside = _in_stack(nobody, nobody.info(name)["holder_pid"], PY, "-c", COOKIE).stdout.strip()
@@ -45,7 +40,7 @@ def test_non_dumpable_caller_does_not_leave_a_nested_lock(nobody: Nobody) -> Non
     nobody.ok("del", name)
 
 
-def test_non_dumpable_caller_gets_what_every_table_agrees_on(nobody: Nobody) -> None:  # noqa: F811
+def test_non_dumpable_caller_gets_what_every_table_agrees_on(nobody: Nobody) -> None:
     """Where every table of the tree decides alike (AF_INET is in the stack in both), the
     unreadable marker does not matter."""
     name = unique()
@@ -63,7 +58,7 @@ PAIR = ("import socket,struct;a,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_D
 UNIX_COOKIE = COOKIE.replace("socket.AF_INET", "socket.AF_UNIX")
 
 
-def test_socketpair_made_in_a_rootless_stack_by_its_helper(nobody: Nobody) -> None:  # noqa: F811
+def test_socketpair_made_in_a_rootless_stack_by_its_helper(nobody: Nobody) -> None:
     name = unique()
     nobody.ok("add", name)
     holder = nobody.info(name)["holder_pid"]
@@ -73,7 +68,7 @@ def test_socketpair_made_in_a_rootless_stack_by_its_helper(nobody: Nobody) -> No
     nobody.ok("del", name)
 
 
-def test_own_rootless_stack_by_bare_name_under_a_root_mstack(nobody: Nobody) -> None:  # noqa: F811
+def test_own_rootless_stack_by_bare_name_under_a_root_mstack(nobody: Nobody) -> None:
     """A root supervisor looks a bare name up among the *caller's* rootless stacks (where
     mstack-stack keeps them for its uid and XDG_RUNTIME_DIR), not root's: it was ENOENT."""
     name = unique()

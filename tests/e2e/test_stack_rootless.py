@@ -17,16 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import COOKIE_SOURCE, VENV_PYTHON, cookie_code
-from tests.e2e.conftest import SETPRIV, Nobody, in_stack, nobody, unique
+from tests.e2e.conftest import Nobody, in_stack, unique
 
 PY = VENV_PYTHON
-
-# Transitional: test_caller_rights_rootless.py (edited in parallel) still imports these
-# names, and the ``nobody`` fixture, from here. Drop the block, and ``nobody`` from the
-# import above, once it takes the helpers from tests/e2e/conftest.py (whose fixtures need
-# no import).
-_in_stack = in_stack
-__all__ = ["PY", "SETPRIV", "Nobody", "_in_stack", "nobody", "unique"]
 
 
 @pytest.mark.parametrize("backend", ["pasta", "slirp4netns"])

@@ -82,6 +82,9 @@ class FamilyList(click.ParamType):  # type: ignore[type-arg]
 @click.option("--no-colocate", is_flag=True,
               help="Never narrow a caller's CPU affinity to the supervisor's CPU during its "
                    "socket() (slower redirected sockets on an idle machine).")
+@click.option("--keep-namespace", is_flag=True,
+              help="Leave COMMAND in mstack's own network namespace even where it could live "
+                   "in the stack of its IP families (as ip netns exec does).")
 @click.option("--policy", "policy_file", metavar="FILE",
               help="Take the whole mapping from FILE (mstack-policy(5)); no STACK, no -o.")
 @click.option("--check-policy", "check_file", metavar="FILE",
@@ -90,8 +93,8 @@ class FamilyList(click.ParamType):  # type: ignore[type-arg]
                       message="mstack %(version)s (seccomp user-notification; not View-OS umview)")
 @click.argument("args", metavar="STACK COMMAND [ARG]...", nargs=-1)
 def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bool,
-           no_colocate: bool, policy_file: str | None, check_file: str | None,
-           args: tuple[str, ...]) -> None:
+           no_colocate: bool, keep_namespace: bool, policy_file: str | None,
+           check_file: str | None, args: tuple[str, ...]) -> None:
     """Run COMMAND with the sockets of the chosen address families from STACK.
 
     With --policy FILE there is no STACK: FILE maps every family.
@@ -101,14 +104,15 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
             raise click.UsageError("--check-policy FILE takes no other arguments")
         _check_policy(check_file, verbose)
     if policy_file is not None:
-        _run_policy(policy_file, families, verbose, lock, no_new_privs, not no_colocate, args)
+        _run_policy(policy_file, families, verbose, lock, no_new_privs, not no_colocate,
+                    keep_namespace, args)
     stack, command = _stack_and_command(args)
     chosen = parse_lists(families)
     mapping = Mapping().with_families(chosen, _resolve(stack))
     if lock:
         mapping = mapping.locked_all()
     config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping), chosen,
-                       colocate=not no_colocate)
+                       colocate=not no_colocate, keep_namespace=keep_namespace)
     if verbose:
         for line in mapping.describe():
             click.echo(f"mstack: {line}", err=True)
@@ -176,7 +180,8 @@ def _names_stack(word: str) -> bool:
 
 
 def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
-                no_new_privs: bool, colocate: bool, command: tuple[str, ...]) -> NoReturn:
+                no_new_privs: bool, colocate: bool, keep_namespace: bool,
+                command: tuple[str, ...]) -> NoReturn:
     if families:
         raise click.UsageError("-o cannot be used with --policy: the policy maps every family")
     if not command:
@@ -195,7 +200,8 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
     if lock:
         mapping = mapping.locked_all()
     config = RunConfig(mapping, command, verbose, no_new_privs or policy.no_new_privs, stacks,
-                       ALL_FAMILIES, colocate=colocate)
+                       ALL_FAMILIES, colocate=colocate,
+                       keep_namespace=keep_namespace or policy.keep_namespace)
     if verbose:
         for line in mapping.describe():
             click.echo(f"mstack: {line}", err=True)

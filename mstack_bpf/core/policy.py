@@ -36,7 +36,8 @@ from mstack_bpf.core.model import BUILTIN, NATIVE, Mapping, Stack, StackKind
 from mstack_bpf.core.tomlscan import Lines
 
 _TOP_KEYS = ("description", "stacks", "families", "lock", "msocket", "options")
-_SECTION_KEYS = {"lock": ("families",), "msocket": ("allow",), "options": ("no_new_privs",)}
+_SECTION_KEYS = {"lock": ("families",), "msocket": ("allow",),
+                 "options": ("no_new_privs", "keep_namespace")}
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -67,6 +68,7 @@ class Policy:
     stacks: tuple[StackDef, ...] = ()
     no_new_privs: bool = False
     description: str = ""
+    keep_namespace: bool = False
 
     def stack_def(self, name: str) -> StackDef:
         return next(d for d in self.stacks if d.name == name)
@@ -225,12 +227,16 @@ class _Parser:
                 allowed.setdefault(stack)
         return tuple(allowed)
 
+    def flag(self, doc: dict[str, object], key: str) -> bool:
+        value = self.table(doc, "options").get(key, False)
+        if not isinstance(value, bool):
+            self.error(self.lines.of("options", key),
+                       f"[options] {key} must be true or false, not {_type_name(value)}")
+            return False
+        return value
+
     def options(self, doc: dict[str, object]) -> tuple[bool, str]:
-        nnp = self.table(doc, "options").get("no_new_privs", False)
-        if not isinstance(nnp, bool):
-            self.error(self.lines.of("options", "no_new_privs"),
-                       f"[options] no_new_privs must be true or false, not {_type_name(nnp)}")
-            nnp = False
+        nnp = self.flag(doc, "no_new_privs")
         description = doc.get("description", "")
         if not isinstance(description, str):
             self.error(self.lines.of("description"),
@@ -289,8 +295,9 @@ def parse_policy(text: str, source: str) -> Policy:
     table = p.families(p.table(doc, "families"), defs, locked)
     allowed = p.allow(p.table(doc, "msocket"), defs)
     no_new_privs, description = p.options(doc)
+    keep_namespace = p.flag(doc, "keep_namespace")
     if p.errors:
         p.errors.sort(key=lambda e: e[0])
         raise PolicyError([f"{source}:{line}: {message}" for line, message in p.errors])
     return Policy(source, Mapping(table, locked, allowed, restricted=True), tuple(defs.values()),
-                  no_new_privs, description)
+                  no_new_privs, description, keep_namespace)

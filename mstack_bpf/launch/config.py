@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mstack_bpf.core.families import ALL_FAMILIES
-from mstack_bpf.core.model import Mapping
+from mstack_bpf.core.model import Mapping, Stack
 from mstack_bpf.stacks.resolve import OpenStack
 
 
@@ -23,3 +23,9 @@ class RunConfig:
     chosen: frozenset[int] = ALL_FAMILIES
     #: meet a caller that makes sockets back to back on the supervisor's CPU (colocate.py)
     colocate: bool = True
+    #: never make the command live in the stack of its IP families (core/home.py)
+    keep_namespace: bool = False
+    #: set by the launcher once it knows: the stack the command lives in, and the namespace
+    #: mstack started in as a stack of its own (what "native" then names)
+    home: Stack | None = None
+    start: Stack | None = None

@@ -11,21 +11,25 @@ command, not the supervisor, and a command that waits for its children never wai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import shutil
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
 from mstack_bpf.core.errors import CommandNotExecutable, CommandNotFound, MstackError, Unsupported
-from mstack_bpf.core.model import Mapping
+from mstack_bpf.core.families import AF_INET
+from mstack_bpf.core.home import home_of, relative
+from mstack_bpf.core.model import Mapping, Stack, StackKind
 from mstack_bpf.launch import handshake, nested
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.launch.plan import LaunchPlan, plan
-from mstack_bpf.linux import prctl, seccomp
+from mstack_bpf.linux import netns, prctl, seccomp
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.seccomp.program import (
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
@@ -67,26 +71,83 @@ def run(config: RunConfig) -> NoReturn:
     """Set up and execve ``config.argv``; raises :class:`MstackError` if that cannot be done."""
     path = find_command(config.argv[0])
     check_kernel()
+    is_nested = nested.outer_supervisor()
+    config = settle_home(config, is_nested)
+    if config.verbose:
+        _flush()
+        print(f"mstack: {where_it_lives(config)}", file=sys.stderr, flush=True)
     carry_out(plan(config.mapping, config.chosen, verbose=config.verbose,
                    no_new_privs=config.no_new_privs, root=os.geteuid() == 0,
-                   nested=nested.outer_supervisor()), config)
+                   nested=is_nested), config)
     _exec(path, config.argv)
 
 
+def settle_home(config: RunConfig, is_nested: bool) -> RunConfig:
+    """Decide where the command lives (core/home.py). Unless nested (an outer supervisor
+    serves us), the mapping becomes the one seen from there, and the namespace we started
+    in a stack of its own, which the supervisor holds."""
+    opened = {o.stack: o for o in config.stacks}
+    home = home_of(config.mapping, lambda stack: stack in opened and _may_enter(
+        opened[stack].fd), config.keep_namespace)
+    if home is None:
+        return config
+    if is_nested:
+        return dataclasses.replace(config, home=home)
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    ino = os.fstat(fd).st_ino
+    start = Stack(StackKind.NETNS, "native", f"netns:[{ino}]")
+    return dataclasses.replace(
+        config, mapping=relative(config.mapping, home, start), home=home, start=start,
+        stacks=(*config.stacks, OpenStack(start, fd, ino)))
+
+
+def where_it_lives(config: RunConfig) -> str:
+    """``-v``'s line on the command's network namespace."""
+    if config.home is not None:
+        return (f"lives in {config.home.name}: its families there are the kernel's own; "
+                "native ones are redirected to where mstack started")
+    inet = config.mapping.stack_of(AF_INET)
+    if inet.kind is not StackKind.NETNS:
+        return "lives where mstack started (ipv4 is not on a namespace stack)"
+    why = "--keep-namespace" if config.keep_namespace else "mstack may not enter it"
+    return f"lives where mstack started; ipv4 redirected to {inet.name} ({why})"
+
+
+def _may_enter(fd: int) -> bool:
+    """Whether this process may setns(2) into namespace ``fd``: tried on a thread of its
+    own, whose namespaces end with it."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            netns.setns(fd)
+            result.append(True)
+        except OSError:
+            result.append(False)
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return result == [True]
+
+
 def carry_out(p: LaunchPlan, config: RunConfig) -> None:
-    """Everything before the exec, in order."""
+    """Everything before the exec, in order. The supervisor is forked before we enter the
+    home stack (it stays where mstack started); the filter is installed after (a lock
+    refuses setns)."""
+    channel = _start_supervisor(config) if p.supervised or p.watcher else None
+    if config.home is not None:
+        home = next(o for o in config.stacks if o.stack == config.home)
+        netns.setns(home.fd)
     if p.nested:
-        nested.set_defaults(config.mapping, config.chosen)
+        nested.set_defaults(config.mapping, config.chosen, config.home)
     if p.no_new_privs:
         prctl.set_no_new_privs()
     if p.supervised:
-        assert p.filter is not None
-        channel = _start_supervisor(config)
+        assert p.filter is not None and channel is not None
         handshake.offer(channel, _install_with_listener(p.filter))
         handshake.await_ready(channel)
         return
-    if p.watcher:  # nothing to supervise, but -v wants the socket table
-        channel = _start_supervisor(config)
+    if channel is not None:  # a watcher: nothing to supervise, but -v wants the table
         handshake.offer(channel, None)
         handshake.await_ready(channel)
     if p.filter is not None:

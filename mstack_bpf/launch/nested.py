@@ -31,16 +31,26 @@ def outer_supervisor() -> bool:
     return True
 
 
-def _path(stack: Stack) -> str:
+OWN_NAMESPACE = "/proc/self/ns/net"  # the caller's own: what its kernel serves itself
+_HINTS = {
+    errno.EMFILE: "the table travels in descriptor 1023: raise 'ulimit -n' above 1024",
+    errno.EBUSY: "descriptor 1023, which carries the table, is taken in this process",
+}
+
+
+def _path(stack: Stack, home: Stack | None) -> str:
+    if stack == home:  # we live there now: those families are the kernel's own
+        return OWN_NAMESPACE
     if stack.kind is StackKind.NETNS:
         assert stack.path is not None
         return stack.path
     return str(stack.kind.value)
 
 
-def set_defaults(mapping: Mapping, chosen: frozenset[int]) -> None:
+def set_defaults(mapping: Mapping, chosen: frozenset[int], home: Stack | None = None) -> None:
     """Ask the outer supervisor to move the ``chosen`` families to their stacks in
-    ``mapping``, one SOCK_DEFAULT call per family (one AF_UNSPEC call for every family)."""
+    ``mapping``, one SOCK_DEFAULT call per family (one AF_UNSPEC call for every family);
+    families on ``home``, where this process lives now, to its own namespace."""
     groups: dict[Stack, list[int]] = {}
     for family in sorted(chosen):
         groups.setdefault(mapping.stack_of(family), []).append(family)
@@ -48,11 +58,11 @@ def set_defaults(mapping: Mapping, chosen: frozenset[int]) -> None:
         targets = [socket.AF_UNSPEC] if len(families) == len(ALL_FAMILIES) else families
         for family in targets:
             try:
-                call(_path(stack), family, SOCK_DEFAULT, 0)
+                call(_path(stack, home), family, SOCK_DEFAULT, 0)
             except OSError as e:
                 what = "all families" if family == socket.AF_UNSPEC else family_name(family)
                 if e.errno == errno.EPERM:
                     raise LockedError(f"{what}: locked by an outer mstack; cannot move it to "
                                       f"{stack.name}") from None
                 raise MstackError(f"outer supervisor refused {what} -> {stack.name}: "
-                                  f"{e.strerror}") from None
+                                  f"{e.strerror}", hint=_HINTS.get(e.errno or 0)) from None

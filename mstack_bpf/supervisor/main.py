@@ -9,6 +9,7 @@ import resource
 import socket
 import sys
 
+from mstack_bpf.core.model import NATIVE
 from mstack_bpf.launch import handshake
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
@@ -120,7 +121,7 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
         handshake.failed(channel, problem)
         return
     budget = FdBudget.of_this_process()
-    registry = StackRegistry(config.stacks, config.mapping, budget)
+    registry = StackRegistry(config.stacks, config.mapping, budget, config.start or NATIVE)
     supervisor = Supervisor(listener, Tables(config.mapping, budget), registry, sockets,
                             colocate=synchronous and config.colocate)
     if config.verbose >= 3:

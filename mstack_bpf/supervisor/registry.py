@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from mstack_bpf.core.model import BUILTIN, Mapping, Stack, StackKind
+from mstack_bpf.core.model import BUILTIN, NATIVE, Mapping, Stack, StackKind
 from mstack_bpf.linux import creds as creds_mod
 from mstack_bpf.linux import fs, netns
 from mstack_bpf.stacks.resolve import NETNS_RUN_DIR, OpenStack, user_stack
@@ -33,7 +33,7 @@ class Located(NamedTuple):
 
 class StackRegistry:
     def __init__(self, opened: Iterable[OpenStack], mapping: Mapping | None = None,
-                 budget: FdBudget | None = None) -> None:
+                 budget: FdBudget | None = None, native: Stack = NATIVE) -> None:
         self._by_ino: dict[int, OpenStack] = {}
         self._by_stack: dict[Stack, OpenStack] = {}
         for item in opened:
@@ -42,6 +42,9 @@ class StackRegistry:
         self._nameable = mapping.nameable() if mapping and mapping.restricted else None
         self._limit = len(self._by_ino) + MAX_NAMED
         self._budget = budget or FdBudget()
+        #: what "native" names: the namespace mstack started in (a namespace stack of its
+        #: own once the command lives in another, core/home.py)
+        self._native = native
 
     def _add(self, item: OpenStack) -> OpenStack:
         """Register a namespace; an existing entry is never replaced (a target must not be
@@ -92,14 +95,16 @@ class StackRegistry:
         Everything here goes through /proc/TID: a new stack is kept only if ``still_valid()``
         confirms afterwards that TID is still the caller (not a reused tid)."""
         if isinstance(found, Stack):
-            return self._permit(found)
+            return self._permit(self._native if found == NATIVE else found)
         name, fd = found
         ino = netns.ns_inode(fd)
+        if _is_own(ino, tid):  # where it lives: what the kernel serves it itself
+            os.close(fd)
+            return self._permit(Stack(StackKind.NATIVE, name))
         if ino in self._by_ino:
             os.close(fd)
             return self._permit(self._by_ino[ino].stack)
-        if self._nameable is not None or not (
-                _is_own(ino, tid) or self._may_name(fd, creds_mod.read_creds(tid))):
+        if self._nameable is not None or not self._may_name(fd, creds_mod.read_creds(tid)):
             os.close(fd)
             raise OSError(errno.EACCES, f"{name}: not a stack this process may name")
         if not still_valid():
@@ -118,7 +123,9 @@ class StackRegistry:
         return self._add(OpenStack(stack, fd, ino)).stack
 
     def _permit(self, stack: Stack) -> Stack:
-        if self._nameable is not None and stack not in self._nameable:
+        if self._nameable is not None and stack not in self._nameable and not (
+                stack.kind is StackKind.NATIVE
+                and any(s.kind is StackKind.NATIVE for s in self._nameable)):
             raise OSError(errno.EACCES, f"{stack.name}: not a stack the policy allows")
         return stack
 

@@ -32,8 +32,11 @@ class SocketReport:
         self.tracer = None
         self.done = False
         self._stacks = {s.ino: s.stack.name for s in stacks}
+        # calls that made no socket are shown under native or null; a namespace's refusals
+        # (the home stack's included: the caller's own there) under "-"
         self._family_stacks = {f: mapping.stack_of(f).name for f in ALL_FAMILIES
-                               if mapping.stack_of(f).kind is not StackKind.NETNS}
+                               if mapping.stack_of(f).kind is StackKind.NULL
+                               or mapping.stack_of(f).name == "native"}
         try:
             from mstack_bpf.trace.tracer import Tracer, TraceUnavailable
         except ImportError as e:  # pragma: no cover - tracing not installed

@@ -8,6 +8,8 @@ import errno
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import AS_NOBODY, COOKIE_SOURCE, Netns, mstack, needs_root
 
 pytestmark = needs_root
@@ -44,16 +46,24 @@ os.waitpid(sibling, 0)
 '''
 
 
-def test_a_target_cannot_swap_a_locked_stack(netns: Netns, shared_dir: Path) -> None:
+@pytest.mark.parametrize("keep", [True, False], ids=["keep-namespace", "home"])
+def test_a_target_cannot_swap_a_locked_stack(netns: Netns, shared_dir: Path,
+                                             keep: bool) -> None:
     poc = shared_dir / "poc.py"
     poc.write_text(POC)
-    cp = mstack("--lock", netns.path, *AS_NOBODY, "/usr/bin/python3", str(poc), netns.path)
+    where = ("--keep-namespace",) if keep else ()
+    cp = mstack("--lock", *where, netns.path, *AS_NOBODY, "/usr/bin/python3", str(poc),
+                netns.path)
     assert cp.returncode == 0, cp.stderr
     lines = [json.loads(line) for line in cp.stdout.splitlines()]
     main = next(line for line in lines if "plain" in line)
     sibling = next(line for line in lines if "sibling" in line)
     assert main["plain"] == netns.cookie
     assert sibling["sibling"] == netns.cookie
+    if not keep:
+        # living in the locked stack, the target may not make a namespace of its own at all
+        assert main == {"unshare": -errno.EPERM, "plain": netns.cookie}
+        return
     assert main["bind"] == 0  # the swap was really attempted
     # the path names the target's own namespace now, not the stack: a locked family may not
     # go there (EPERM), and the supervisor did not take the stack's place for it either

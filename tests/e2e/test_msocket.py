@@ -29,6 +29,10 @@ pytestmark = needs_root
 PROBE = str(HELPERS / "msocket_probe.py")
 
 
+#: the command stays where mstack started (not in the stack of ipv4), so that procfs' "self"
+#: paths name the start namespace these tests compare with (tests/e2e/test_home.py: the other)
+KEEP = "--keep-namespace"
+
 def msprobe(*args: str, command: tuple[str, ...]) -> Report:
     """The report of ``msocket_probe.py COMMAND...`` run under ``mstack ARGS...``."""
     result = report(mstack(*args, PYTHON, PROBE, *command))
@@ -43,7 +47,7 @@ def test_outside_mstack_msocket_says_not_under_mstack() -> None:
 
 def test_explicit_stacks_per_socket(make_netns: MakeNetns, host_cookie: int) -> None:
     a, b = make_netns(), make_netns()
-    out = msprobe("-o", "4", a.name, command=("explicit", "-", b.name, b.path, "native",
+    out = msprobe(KEEP, "-o", "4", a.name, command=("explicit", "-", b.name, b.path, "native",
                                               "null", "/nonexistent", "/etc/passwd",
                                               "/proc/self/ns/net", "/proc/self/../1/ns/net"))
     assert out == {
@@ -75,7 +79,7 @@ def test_procfs_self_is_the_callers_whatever_the_route(make_netns: MakeNetns,
     a, b = make_netns(), make_netns()
     fd = os.open(b.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        out = report(mstack("-o", "4", a.name, PYTHON, PROBE, "explicit",
+        out = report(mstack(KEEP, "-o", "4", a.name, PYTHON, PROBE, "explicit",
                             "//proc/./self/ns/net", "/proc/thread-self/ns/net", f"/dev/fd/{fd}",
                             "/dev/fd/0", "/proc/self/root/proc/self/ns/net",
                             "/proc/self/root/proc/thread-self/ns/net", "/dev/fd/999",
@@ -95,7 +99,7 @@ def test_self_is_the_process_and_thread_self_the_thread(make_netns: MakeNetns,
     """A thread that entered another namespace: procfs' self is its process (the thread
     group leader's namespace), thread-self the thread itself, by every route, as natively."""
     a, b = make_netns(), make_netns()
-    out = msprobe("-o", "4", a.name, command=(
+    out = msprobe(KEEP, "-o", "4", a.name, command=(
         "thread_in", b.path, "/proc/self/ns/net", "/proc/thread-self/ns/net",
         "/proc/self/root/proc/self/ns/net", "/proc/self/root/proc/thread-self/ns/net"))
     assert out == {"/proc/self/ns/net": host_cookie, "/proc/thread-self/ns/net": b.cookie,

@@ -41,8 +41,9 @@ def jail(tmp_path: Path, netns: Netns) -> Iterator[Path]:
 
 
 def named_from_jail(jail: Path, netns: Netns, uid: int, *paths: str) -> dict[str, object]:
-    cp = run([MSTACK, "-o", "4", netns.name, build_c("chrooted"), str(jail), str(uid),
-              *paths])
+    # the jailed process stays where mstack started: its procfs "self" paths name that
+    cp = run([MSTACK, "--keep-namespace", "-o", "4", netns.name, build_c("chrooted"),
+              str(jail), str(uid), *paths])
     assert cp.returncode == 0, cp.stderr
     result: dict[str, object] = json.loads(cp.stdout)
     return result

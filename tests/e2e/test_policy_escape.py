@@ -78,6 +78,9 @@ class Case:
     cookies: dict[str, int]  # stack name → cookie, for every stack but null
     supervised: bool  # some family is redirected or unlocked: a supervisor answers
     lock_native: bool  # a locked family is native: new namespaces are refused
+    #: the stack the target lives in (its own namespace, as /proc/self names it): ipv4's,
+    #: where that is a namespace mstack may enter (root), else native
+    home: str = "native"
 
     def plain(self, kind: str) -> Fact:
         """What socket() of ``kind`` gives: a socket in its stack, or EAFNOSUPPORT (null)."""
@@ -86,12 +89,14 @@ class Case:
 
     def msocket(self, path_names: str, kind: str) -> Fact:
         """msocket(PATH, kind) where PATH names ``path_names``: "-" (NULL, the default),
-        "native", "null", "own" (the target's own namespace, by a /proc path) or
+        "native", "null", "own" (the target's own namespace, by a /proc path: its home) or
         "elsewhere" (another namespace, by any path)."""
         if not self.supervised:
             return EPERM  # the filter answers msocket itself
-        if path_names in ("own", "elsewhere"):
+        if path_names == "elsewhere":
             return EACCES  # a namespace by path: none is a stack this policy lets it name
+        if path_names == "own":
+            path_names = self.home  # where it lives: the kernel's own, nothing new
         if path_names in ("-", self.stacks[kind]):
             return self.plain(kind)  # its own stack
         return EPERM  # a locked family to another stack
@@ -99,8 +104,7 @@ class Case:
     def sock_default(self, path_names: str) -> str:
         """msocket(PATH, family, SOCK_DEFAULT) for a locked family (or AF_UNSPEC, which
         covers them): never "ok"."""
-        named_by_path = path_names in ("own", "elsewhere")
-        return "EACCES" if self.supervised and named_by_path else "EPERM"
+        return "EACCES" if self.supervised and path_names == "elsewhere" else "EPERM"
 
     def check(self, facts: object, expected: dict[str, Fact], context: str) -> None:
         """``facts`` (kind → fact) has exactly the ``expected`` fact for each kind named."""
@@ -194,7 +198,7 @@ def case(request: pytest.FixtureRequest, make_netns: MakeNetns, host_cookie: int
     copy.chmod(0o644)
     stacks = {k: "build" for k in KINDS} | {"unix": "native"}
     return Case(name, str(copy), stacks, native | {"build": build.cookie}, supervised=True,
-                lock_native=True)
+                lock_native=True, home="build")
 
 
 @pytest.fixture

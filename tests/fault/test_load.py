@@ -48,6 +48,10 @@ def load_bin() -> str:
     return build_c("load", "-pthread")
 
 
+#: the IP families stay redirected (not the kernel's own in a home stack): the load is the
+#: supervisor's
+KEEP = "--keep-namespace"
+
 class Workload:
     """``load steps`` under ``mstack *mstack_args``: one report per :meth:`go`."""
 
@@ -124,7 +128,7 @@ def all_served(calls: object, cookie: int) -> None:
 
 def test_eight_processes_of_four_threads(load_bin: str, netns: Netns, host_cookie: int) -> None:
     load = "load,8,4,5000,20000,2"  # 5 s or 20,000 calls per thread
-    with Workload(load_bin, "-o", "ip", netns.name,
+    with Workload(load_bin, KEEP, "-o", "ip", netns.name,
                   steps=(WARM_UP, SYNC, load, SYNC, load, SYNC)) as target:
         target.go()
         assert target.synced(host_cookie)
@@ -141,7 +145,7 @@ def test_fork_exec_storm_of_a_thousand_processes(load_bin: str, netns: Netns,
                                                  host_cookie: int) -> None:
     """Each process is a fresh exec of a C program that makes one AF_INET socket (redirected)
     and one AF_UNIX socket (native) and reports both cookies."""
-    with Workload(load_bin, "-o", "ip", netns.name,
+    with Workload(load_bin, KEEP, "-o", "ip", netns.name,
                   steps=(WARM_UP, SYNC, "storm,1000,4", SYNC)) as target:
         target.go()
         assert target.synced(host_cookie)
@@ -160,7 +164,7 @@ def test_full_fd_tables_in_many_threads_leave_the_others_served(load_bin: str, n
                                                                 host_cookie: int) -> None:
     """RLIMIT_NOFILE is per process: four processes fill their tables and hammer socket() from
     four threads each, while two other processes of four threads keep working."""
-    with Workload(load_bin, "-o", "ip", netns.name,
+    with Workload(load_bin, KEEP, "-o", "ip", netns.name,
                   steps=(WARM_UP, SYNC, "emfile,4,2,4,3000", SYNC, WARM_UP)) as target:
         target.go()
         assert target.synced(host_cookie)
@@ -186,7 +190,7 @@ def test_killing_threaded_targets_mid_call_leaves_the_tree_served(load_bin: str,
     while two processes of two threads keep making sockets the whole time."""
     rounds = 500
     storm = f"kill,{rounds},8,2,2,40000"  # 40 s at most: the count is the bound that counts
-    with Workload(load_bin, "-o", "ip", netns.name,
+    with Workload(load_bin, KEEP, "-o", "ip", netns.name,
                   steps=(WARM_UP, SYNC, storm, SYNC)) as target:
         target.go()
         assert target.synced(host_cookie)
@@ -206,7 +210,7 @@ def test_supervisor_out_of_descriptors_fails_closed_and_recovers(load_bin: str, 
     open nothing, so redirected calls fail (never native) while native calls go on; restored,
     it serves again and holds nothing more than before."""
     small = "load,2,2,2000,50,2"
-    with Workload(load_bin, "-o", "ip", netns.name,
+    with Workload(load_bin, KEEP, "-o", "ip", netns.name,
                   steps=(WARM_UP, SYNC, small, SYNC, small, SYNC)) as target:
         sv = target.supervisor
         target.go()

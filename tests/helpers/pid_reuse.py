@@ -94,7 +94,8 @@ def bystander() -> None:
 
 
 def orchestrate(stack: str) -> None:
-    caller_proc = subprocess.Popen(["mstack", "-o", "all", stack, PYTHON, __file__, "caller"],
+    caller_proc = subprocess.Popen(["mstack", "--keep-namespace", "-o", "all", stack, PYTHON,
+                                    __file__, "caller"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert caller_proc.stdin and caller_proc.stdout
     p = int(caller_proc.stdout.readline())

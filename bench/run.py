@@ -48,6 +48,11 @@ class Row:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+KEEP = "--keep-namespace"  # the IP families stay redirected: the supervisor's own path
+HOME = "socket()+close(), AF_INET, in a home stack"
+UNIX = "socket()+close(), AF_UNIX"
+
+
 def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False, **kw)
 
@@ -123,15 +128,16 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
         ("null family, mstack --lock -o 4 null", [*m, "--lock", "-o", "4", "null"],
          ("socket", "2")),
         ("null family, mstack -o 4 null", [*m, "-o", "4", "null"], ("socket", "2")),
-        ("redirected, mstack -o 4 NS", [*m, "-o", "4", ns], ("socket", "2")),
-        ("redirected, mstack --no-colocate -o 4 NS (the scheduler's own placement)",
-         [*m, "--no-colocate", "-o", "4", ns], ("socket", "2")),
+        ("redirected, mstack --keep-namespace -o 4 NS", [*m, KEEP, "-o", "4", ns],
+         ("socket", "2")),
+        ("redirected, mstack --keep-namespace --no-colocate -o 4 NS (the scheduler's own "
+         "placement)", [*m, KEEP, "--no-colocate", "-o", "4", ns], ("socket", "2")),
         ("redirected, supervisor and command on one CPU (taskset -c 1)",
-         ["taskset", "-c", "1", *m, "-o", "4", ns], ("socket", "2")),
+         ["taskset", "-c", "1", *m, KEEP, "-o", "4", ns], ("socket", "2")),
         ("redirected, both CPUs kept busy (nice-19 spinners: no idle wake-ups)",
-         ["busy", *m, "-o", "4", ns], ("socket", "2")),
+         ["busy", *m, KEEP, "-o", "4", ns], ("socket", "2")),
         ("redirected, own table (nested mstack: marker lookup)",
-         [*m, "-o", "4", ns, *m, "-o", "4", ns2], ("socket", "2")),
+         [*m, KEEP, "-o", "4", ns, *m, KEEP, "-o", "4", ns2], ("socket", "2")),
         ("redirected via msocket(NS)", [*m, "-o", "6", ns], ("msocket", f"/run/netns/{ns}", "2")),
         ("native family, mstack -v --lock -o 6 null (eBPF tracing on)",
          [*m, "-v", "--lock", "-o", "6", "null"], ("socket", "2")),
@@ -149,6 +155,27 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
         else:
             lo, med = measure(prefix, *args, count, static=prefix is UMVIEW)
         rows.append(Row("socket()+close()", name, lo, med))
+    home(rows, ns)
+
+
+def home(rows: list[Row], ns: str) -> None:
+    """The command living in NS (core/home.py): its IP families are the kernel's own, against
+    the same loop under ip netns exec; AF_UNIX, left native, is redirected to where mstack
+    started, against a native AF_UNIX socket()."""
+    m = [MSTACK]
+    variants: list[tuple[str, str, list[str], tuple[str, ...]]] = [
+        (HOME, "ip netns exec NS", ["ip", "netns", "exec", ns], ("socket", "2")),
+        (HOME, "mstack --lock -o ip NS (the kernel's own, under the filter)",
+         [*m, "--lock", "-o", "ip", ns], ("socket", "2")),
+        (HOME, "mstack -o ip NS (CONTINUE)", [*m, "-o", "ip", ns], ("socket", "2")),
+        (UNIX, "native", [], ("socket", "1")),
+        (UNIX, "mstack -o ip NS (redirected to where mstack started)",
+         [*m, "-o", "ip", ns], ("socket", "1")),
+    ]
+    for group, name, prefix, args in variants:
+        slow = "redirected" in name or "CONTINUE" in name
+        lo, med = measure(prefix, *args, "3000" if slow else "20000")
+        rows.append(Row(group, name, lo, med))
 
 
 @contextlib.contextmanager
@@ -179,7 +206,9 @@ def tcp(rows: list[Row], ns: str) -> None:
     variants = (("ip netns exec NS", ["ip", "netns", "exec", ns]),
                 ("ip netns exec NS + allow-all seccomp filter",
                  ["ip", "netns", "exec", ns, str(BIN / "allowall")]),
-                ("mstack NS (redirected)", [MSTACK, "-o", "ip", ns]))
+                ("mstack -o ip NS (lives in NS)", [MSTACK, "-o", "ip", ns]),
+                ("mstack --keep-namespace -o ip NS (redirected)",
+                 [MSTACK, KEEP, "-o", "ip", ns]))
     for chunk, total in (("128", "50000000"), ("65536", "2000000000")):
         results: dict[str, list[float]] = {name: [] for name, _ in variants}
         for _ in range(7):
@@ -226,6 +255,7 @@ def tracing(rows: list[Row]) -> None:
 def startup(rows: list[Row], ns: str) -> None:
     for name, cmd in (("ip netns exec NS true", ["ip", "netns", "exec", ns, "true"]),
                       ("mstack NS true", [MSTACK, ns, "true"]),
+                      ("mstack --keep-namespace NS true", [MSTACK, KEEP, ns, "true"]),
                       ("mstack --lock null true", [MSTACK, "--lock", "null", "true"]),
                       ("python3 -c pass", ["/usr/bin/python3", "-c", "pass"])):
         times = []
@@ -274,7 +304,7 @@ def scale(rows: list[Row], stacks: list[str]) -> None:
 
 def ratios(rows: list[Row]) -> None:
     baselines = {"getpid": "native", "read /dev/zero": "native", "socket()+close()": "native",
-                 "start-up": "ip netns exec NS true"}
+                 "start-up": "ip netns exec NS true", HOME: "ip netns exec NS", UNIX: "native"}
     for row in rows:
         base_name = baselines.get(row.group)
         if row.group.startswith("TCP"):
@@ -370,6 +400,12 @@ README_BOUNDS = """\
   kept busy shows the round trip without idle wake-ups. A per-process default table (the
   nested-mstack row) adds a check of the caller's marker (one `kcmp()`). msocket with a path
   reads, resolves and checks the path at every call, in the slow lane.
+- **In a home stack** (the command lives in the stack of its IP families, docs/design.md,
+  "Native"): under `--lock` an AF_INET `socket()` is the kernel's own, against the same loop
+  under `ip netns exec`, and what is left is the filter's entry cost; without the lock it is
+  one CONTINUE round trip. AF_UNIX, left native, is redirected to where mstack started: the
+  supervisor's round trip, against a native AF_UNIX `socket()`. The redirected rows above
+  run with `--keep-namespace`, which keeps the IP families on that path.
 - **TCP throughput** of a redirected socket is the kernel's: it is an ordinary socket of the
   stack. Each `write()` pays the seccomp entry path, exactly as under the allow-all filter,
   which is the bound for the 128-byte rows. With 64 KiB writes the system calls are few

@@ -78,7 +78,7 @@ def run(config: RunConfig) -> NoReturn:
         print(f"mstack: {where_it_lives(config)}", file=sys.stderr, flush=True)
     carry_out(plan(config.mapping, config.chosen, verbose=config.verbose,
                    no_new_privs=config.no_new_privs, root=os.geteuid() == 0,
-                   nested=is_nested), config)
+                   nested=is_nested, home=config.start is not None), config)
     _exec(path, config.argv)
 
 

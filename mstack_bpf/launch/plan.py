@@ -31,7 +31,7 @@ class LaunchPlan:
 
 
 def plan(mapping: Mapping, chosen: frozenset[int], *, verbose: int, no_new_privs: bool,
-         root: bool, nested: bool) -> LaunchPlan:
+         root: bool, nested: bool, home: bool = False) -> LaunchPlan:
     """The plan for ``mapping`` (of which ``chosen`` are the families this mstack sets)."""
     if nested:
         # A nested --lock adds a listener-less filter of its own; a nested unlocked mstack
@@ -41,6 +41,10 @@ def plan(mapping: Mapping, chosen: frozenset[int], *, verbose: int, no_new_privs
         return LaunchPlan(nested=True, filter=program, supervised=False, watcher=False,
                           no_new_privs=program is not None and (no_new_privs or not root))
     spec = FilterSpec.from_mapping(mapping)
+    if home and (mapping.locked or mapping.restricted):
+        # The home's families follow the caller's namespace: under any lock, or a policy,
+        # the caller may not leave it (no setns, no new network or user namespace).
+        spec = dataclasses.replace(spec, lock_any=True, lock_native=True)
     if verbose:  # the command's exit_group waits for the table (supervised) or is watched
         spec = dataclasses.replace(spec, hold_exit=True)
     return LaunchPlan(nested=False, filter=tuple(compile_filter(spec)),

@@ -40,12 +40,13 @@ from mstack_bpf.core.decide import (
     decide,
     decide_msocket,
 )
-from mstack_bpf.core.families import family_name
-from mstack_bpf.core.model import Stack, StackKind
+from mstack_bpf.core.families import ALL_FAMILIES, family_name
+from mstack_bpf.core.model import Mapping, Stack, StackKind
 from mstack_bpf.linux import creds, procmem
 from mstack_bpf.linux.creds import FsIds
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.linux.seccomp import Listener, SeccompData
+from mstack_bpf.stacks.resolve import OpenStack
 from mstack_bpf.supervisor import ifioctl
 from mstack_bpf.supervisor.colocate import Colocator
 from mstack_bpf.supervisor.factory import StackSockets, Target, open_task_netns
@@ -108,8 +109,11 @@ Step = Outcome | Later | Done
 
 class Supervisor:
     def __init__(self, listener: Listener, tables: Tables, registry: StackRegistry,
-                 sockets: StackSockets, colocate: bool = False) -> None:
+                 sockets: StackSockets, colocate: bool = False,
+                 home: OpenStack | None = None) -> None:
         self.listener = listener
+        #: the stack the command lives in (core/home.py)
+        self.home = home
         self.tables = tables
         self.registry = registry
         self.sockets = sockets
@@ -322,7 +326,8 @@ class Supervisor:
     def _set_default(self, nid: int, tid: int, d: SetDefault) -> Done:
         if self.tables.has_foreign_fd(tid):
             return Done.failed(d, errno.EBUSY)  # never close a descriptor of the target's
-        table = self.tables.table_for(tid).with_families(d.families, d.stack)
+        table = self._pin_home(tid, self.tables.table_for(tid).with_families(d.families,
+                                                                             d.stack))
         marker = self.tables.marker_for(table)
         try:
             self.listener.addfd(nid, marker, cloexec=False, newfd=MARKER_FD, send=False)
@@ -330,6 +335,17 @@ class Supervisor:
             return Done.failed(d, errno.EMFILE if e.errno == errno.EBADF else (
                 e.errno or errno.EIO))
         return Done.value(d, 0)
+
+    def _pin_home(self, tid: int, table: Mapping) -> Mapping:
+        """A caller that left the home (a nested mstack entering a home of its own) keeps
+        the families it did not move in the home: the home's families are the caller's own
+        namespace, which would otherwise take them along."""
+        if self.home is None or _lives_in(tid, self.home.ino):
+            return table
+        here = self.home.stack.path
+        left = [f for f in ALL_FAMILIES
+                if table.stack_of(f).kind is StackKind.NATIVE and table.stack_of(f).path == here]
+        return table.with_families(left, self.home.stack) if left else table
 
     def _namespace(self, tid: int, stack: Stack) -> tuple[int, int, bool]:
         """fd and inode of the namespace to make a socket in; True if the fd is ours to close."""
@@ -438,6 +454,13 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _lives_in(tid: int, ino: int) -> bool:
+    try:
+        return os.stat(f"/proc/{tid}/ns/net").st_ino == ino
+    except OSError:
+        return False
 
 
 def _process_of(tid: int) -> int:

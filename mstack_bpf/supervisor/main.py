@@ -87,6 +87,8 @@ def _raise_fd_limit() -> None:
 
 
 def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> None:
+    # where mstack started (we have entered no stack yet): what "own" means without a home
+    start_ino = os.stat("/proc/thread-self/ns/net").st_ino
     keep = {channel.fileno(), *(s.fd for s in config.stacks)}
     if config.verbose:
         keep.add(2)
@@ -121,9 +123,11 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
         handshake.failed(channel, problem)
         return
     budget = FdBudget.of_this_process()
-    registry = StackRegistry(config.stacks, config.mapping, budget, config.start or NATIVE)
+    home = next((o for o in config.stacks if o.stack == config.home), None)
+    registry = StackRegistry(config.stacks, config.mapping, budget, config.start or NATIVE,
+                             own=home.ino if home else start_ino)
     supervisor = Supervisor(listener, Tables(config.mapping, budget), registry, sockets,
-                            colocate=synchronous and config.colocate)
+                            colocate=synchronous and config.colocate, home=home)
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))
     handshake.ready(channel)

@@ -33,7 +33,8 @@ class Located(NamedTuple):
 
 class StackRegistry:
     def __init__(self, opened: Iterable[OpenStack], mapping: Mapping | None = None,
-                 budget: FdBudget | None = None, native: Stack = NATIVE) -> None:
+                 budget: FdBudget | None = None, native: Stack = NATIVE,
+                 own: int | None = None) -> None:
         self._by_ino: dict[int, OpenStack] = {}
         self._by_stack: dict[Stack, OpenStack] = {}
         for item in opened:
@@ -45,6 +46,9 @@ class StackRegistry:
         #: what "native" names: the namespace mstack started in (a namespace stack of its
         #: own once the command lives in another, core/home.py)
         self._native = native
+        #: the namespace a caller naming its own is served in by the kernel itself (the home,
+        #: or where mstack started): naming it means "my own namespace", nothing more
+        self._own = own
 
     def _add(self, item: OpenStack) -> OpenStack:
         """Register a namespace; an existing entry is never replaced (a target must not be
@@ -98,7 +102,7 @@ class StackRegistry:
             return self._permit(self._native if found == NATIVE else found)
         name, fd = found
         ino = netns.ns_inode(fd)
-        if _is_own(ino, tid):  # where it lives: what the kernel serves it itself
+        if ino == self._own and _is_own(ino, tid):  # where it lives: the kernel's own
             os.close(fd)
             return self._permit(Stack(StackKind.NATIVE, name))
         if ino in self._by_ino:

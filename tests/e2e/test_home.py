@@ -10,6 +10,7 @@ import random
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,49 @@ def test_every_family_locked_in_the_home_needs_no_supervisor(netns: Netns) -> No
     with Stepper("--lock", netns.name, steps=("families,1,2,10",)) as target:
         assert target.go() == {f: {"cookie": netns.cookie, "uid": 0} for f in ("1", "2", "10")}
         assert target.supervisors() == set()
+
+
+FAMILIES = ("import socket,struct\n"
+            "for f in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK):\n"
+            " s=socket.socket(f, 3 if f == socket.AF_NETLINK else 2)\n"  # RAW, DGRAM
+            " print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
+
+
+@pytest.mark.parametrize("lock", [(), ("--lock",)], ids=["unlocked", "locked"])
+def test_a_nested_home_takes_only_its_own_families(make_netns: MakeNetns,
+                                                   lock: tuple[str, ...]) -> None:
+    """mstack -o ip A ... mstack -o 4 B: the command lives in B, yet ipv6 and netlink keep
+    the outer mapping (A): the outer home's families are the kernel's own only while the
+    caller is there (they followed it into B)."""
+    a, b = make_netns(), make_netns()
+    cp = mstack("-o", "ip", a.name, MSTACK, *lock, "-o", "4", b.name, PYTHON, "-c", FAMILIES)
+    assert cp.returncode == 0, cp.stderr
+    assert [int(x) for x in cp.stdout.split()] == [b.cookie, a.cookie, a.cookie]
+
+
+MOVE = """
+import ctypes, errno, json, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def err(r):
+    return "ok" if r == 0 else errno.errorcode[ctypes.get_errno()]
+out = {"setns": err(libc.setns(os.open(sys.argv[1], os.O_RDONLY), 0)),
+       "unshare": err(libc.unshare(0x40000000))}
+s = socket.socket(socket.AF_INET)
+out["inet"] = struct.unpack("=Q", s.getsockopt(1, 71, 8))[0]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("lock", ['["unix"]', '["-ipv4"]'], ids=["unix-only", "all-but-ipv4"])
+def test_a_policy_keeps_the_command_in_its_home(make_netns: MakeNetns, tmp_path: Path,
+                                                lock: str) -> None:
+    """Under a policy (or any lock) with a home, the command may not leave it: its home's
+    families would follow it (a locked native family alone guarded this before the home;
+    in the home, native is a stack of its own)."""
+    home, other = make_netns(), make_netns()
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[stacks]\nlab = "{home.path}"\n[families]\nipv4 = "lab"\n'
+                      f'unix = "native"\nall = "null"\n[lock]\nfamilies = {lock}\n')
+    cp = mstack("--policy", str(policy), PYTHON, "-c", MOVE, other.path)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout) == {"setns": "EPERM", "unshare": "EPERM", "inet": home.cookie}

@@ -15,7 +15,15 @@ from mstack_bpf.core.errors import (
     CommandNotFound,
     Unsupported,
 )
-from mstack_bpf.core.families import AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, ALL_FAMILIES
+from mstack_bpf.core.families import (
+    AF_INET,
+    AF_INET6,
+    AF_NETLINK,
+    AF_PACKET,
+    AF_UNIX,
+    ALL_FAMILIES,
+)
+from mstack_bpf.core.home import relative
 from mstack_bpf.core.model import NULL, Mapping, Stack, StackKind
 from mstack_bpf.launch import launcher
 from mstack_bpf.launch.plan import LaunchPlan, plan
@@ -50,9 +58,10 @@ IP = frozenset({AF_INET, AF_INET6, AF_NETLINK, AF_PACKET})
 
 
 def _plan(mapping: Mapping, chosen: frozenset[int] = ALL_FAMILIES, *, verbose: int = 0,
-          no_new_privs: bool = False, root: bool = True, nested: bool = False) -> LaunchPlan:
+          no_new_privs: bool = False, root: bool = True, nested: bool = False,
+          home: bool = False) -> LaunchPlan:
     return plan(mapping, chosen, verbose=verbose, no_new_privs=no_new_privs, root=root,
-                nested=nested)
+                nested=nested, home=home)
 
 
 def test_redirected_families_get_a_supervised_filter() -> None:
@@ -94,3 +103,20 @@ def test_nested_lock_adds_a_listener_less_filter() -> None:
     spec = FilterSpec.nested_lock(mapping, IP)
     assert p.nested and not p.supervised and not p.watcher and p.no_new_privs
     assert p.filter == tuple(compile_filter(spec)) and not spec.supervised
+
+
+def test_a_home_under_a_lock_or_a_policy_may_not_change_its_namespace() -> None:
+    """The home's families follow the caller's namespace: with any lock, or a policy, the
+    filter refuses setns and new network/user namespaces, even where no family is locked
+    native (in the home, native is a namespace stack of its own)."""
+    start = Stack(StackKind.NETNS, "native", "netns:[1]")
+    unlocked_home = Mapping().with_families(IP, BLUE)
+    seen = Mapping(dict(unlocked_home.table), frozenset({AF_UNIX}))  # only unix locked
+    relative_seen = relative(seen, BLUE, start)
+    guarded = _plan(relative_seen, home=True)
+    assert guarded.filter == tuple(compile_filter(dataclasses.replace(
+        FilterSpec.from_mapping(relative_seen), lock_any=True, lock_native=True)))
+    assert _plan(relative_seen).filter == tuple(compile_filter(
+        FilterSpec.from_mapping(relative_seen)))  # without a home: as the mapping says
+    free = relative(unlocked_home, BLUE, start)
+    assert _plan(free, home=True).filter == tuple(compile_filter(FilterSpec.from_mapping(free)))

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -114,20 +113,19 @@ def where_it_lives(config: RunConfig) -> str:
 
 
 def _may_enter(fd: int) -> bool:
-    """Whether this process may setns(2) into namespace ``fd``: tried on a thread of its
-    own, whose namespaces end with it."""
-    result: list[bool] = []
-
-    def attempt() -> None:
+    """Whether this process may setns(2) into namespace ``fd``: tried by a child process
+    that exits at once (a thread would do, but creating one makes glibc take over signal
+    dispositions COMMAND would otherwise inherit)."""
+    _flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
         try:
             netns.setns(fd)
-            result.append(True)
-        except OSError:
-            result.append(False)
-    thread = threading.Thread(target=attempt)
-    thread.start()
-    thread.join()
-    return result == [True]
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def carry_out(p: LaunchPlan, config: RunConfig) -> None:

@@ -1,4 +1,5 @@
-"""Read a target's memory with process_vm_readv(2) (needs ptrace read access to it)."""
+"""Read a target's memory with process_vm_readv(2) (needs ptrace read access to it); write
+to it only through :class:`Pinned`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 from mstack_bpf.linux.ffi import SyscallError, syscall
 
 NR_process_vm_readv = 310
-NR_process_vm_writev = 311
 
 
 class _Iovec(ctypes.Structure):
@@ -41,17 +41,6 @@ def read_string(pid: int, address: int, limit: int = 4096) -> bytes:
         out += data
     raise SyscallError(errno.ENAMETOOLONG if len(out) >= limit else errno.EFAULT,
                        "process_vm_readv")
-
-
-def write(pid: int, address: int, data: bytes) -> None:
-    """Write ``data`` at ``address`` in ``pid``; EFAULT if it did not all land."""
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _Iovec(ctypes.addressof(buf), len(data))
-    remote = _Iovec(address, len(data))
-    done = syscall(NR_process_vm_writev, pid, ctypes.addressof(local), 1,
-                   ctypes.addressof(remote), 1, 0, call="process_vm_writev")
-    if done != len(data):
-        raise SyscallError(errno.EFAULT, "process_vm_writev")
 
 
 class Pinned:

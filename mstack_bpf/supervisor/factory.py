@@ -39,7 +39,6 @@ class Target(NamedTuple):
 
 
 class SocketMaker(Protocol):
-    pid: int
     def make_socket(self, family: int, sock_type: int, protocol: int) -> int: ...
 
     def make_pair(self, family: int, sock_type: int, protocol: int) -> tuple[int, int]: ...

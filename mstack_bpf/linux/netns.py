@@ -1,12 +1,12 @@
 """Network namespaces: open and check a namespace file, enter it, identify it.
 
-The ioctls are the ``NS_GET_*`` family of ``linux/nsfs.h`` (ioctl_ns(2)); ``SIOCGSKNS`` is
-in ``linux/sockios.h`` and ``SO_NETNS_COOKIE`` in ``asm-generic/socket.h`` (socket(7)).
+The ioctls are the ``NS_GET_*`` family of ``linux/nsfs.h`` (ioctl_ns(2));
+``SO_NETNS_COOKIE`` is in ``asm-generic/socket.h`` (socket(7)).
 
 A namespace is identified by the inode of its nsfs file (``ns_inode``), the same number
 ``readlink /proc/PID/ns/net`` shows, and — for sockets, without privileges — by its
-64-bit cookie (``netns_cookie``). ``SIOCGSKNS`` needs CAP_NET_ADMIN over the socket's
-namespace; ``SO_NETNS_COOKIE`` works for anyone (measured: docs/design.md, "Kernel facts").
+64-bit cookie (``netns_cookie``), which works for anyone where ``SIOCGSKNS`` needs
+CAP_NET_ADMIN over the socket's namespace (measured: docs/design.md, "Kernel facts").
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ NS_GET_NSTYPE = io(0xB7, 0x3)
 NS_GET_OWNER_UID = io(0xB7, 0x4)
 
 # linux/sockios.h
-SIOCGSKNS = 0x894C
 # asm-generic/socket.h (Linux >= 5.14)
 SO_NETNS_COOKIE = 71
 
@@ -169,33 +168,6 @@ def owner_uid(userns_fd: int) -> int:
     return uid.value
 
 
-def netns_owner_uid(fd: int) -> int:
-    """The uid that owns network namespace ``fd`` (the creator of its owning user namespace)."""
-    userns = owning_userns(fd)
-    try:
-        return owner_uid(userns)
-    finally:
-        os.close(userns)
-
-
-def socket_netns(sockfd: int) -> int:
-    """A new fd of the network namespace socket ``sockfd`` lives in (``SIOCGSKNS``).
-
-    Needs CAP_NET_ADMIN over that namespace (EPERM otherwise): unprivileged code uses
-    :func:`netns_cookie` instead.
-    """
-    return ioctl_value(sockfd, SIOCGSKNS, 0, "ioctl(SIOCGSKNS)")
-
-
-def socket_netns_inode(sockfd: int) -> int:
-    """The inode of the network namespace socket ``sockfd`` lives in (needs CAP_NET_ADMIN)."""
-    nsfd = socket_netns(sockfd)
-    try:
-        return ns_inode(nsfd)
-    finally:
-        os.close(nsfd)
-
-
 def netns_cookie(sockfd: int) -> int:
     """The 64-bit cookie of the network namespace of socket ``sockfd`` (``SO_NETNS_COOKIE``)."""
     sock = socket.socket(fileno=os.dup(sockfd))
@@ -207,12 +179,6 @@ def netns_cookie(sockfd: int) -> int:
         sock.close()
     value: int = struct.unpack("=Q", raw)[0]
     return value
-
-
-def current_netns_cookie() -> int:
-    """The cookie of the calling thread's network namespace (via a throwaway AF_UNIX socket)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        return netns_cookie(s.fileno())
 
 
 _unshare = libc.unshare

@@ -15,10 +15,6 @@ def set_no_new_privs() -> None:
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-def get_no_new_privs() -> bool:
-    return bool(check(libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0), "prctl(PR_GET_NO_NEW_PRIVS)"))
-
-
 def set_name(name: str) -> None:
     """The thread's comm (at most 15 bytes), as ps and /proc/PID/comm show it."""
     check(libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0), "prctl(PR_SET_NAME)")

@@ -58,9 +58,7 @@ class CpuSet:
 
 
 _single: dict[int, CpuSet] = {}
-#: every CPU the kernel could ever have: as an affinity, "no restriction" (the kernel
-#: intersects it with the cpuset and the online CPUs, now and as they change)
-EVERY_CPU = CpuSet(b"\xff" * MASK_BYTES)
+
 
 
 def online_cpus() -> CpuSet:

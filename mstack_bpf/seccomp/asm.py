@@ -28,10 +28,6 @@ def off_arg_low(index: int) -> int:
     return 16 + 8 * index
 
 
-def off_arg_high(index: int) -> int:
-    return 20 + 8 * index
-
-
 @dataclass
 class _Op:
     code: int

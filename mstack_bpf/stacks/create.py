@@ -20,8 +20,6 @@ from mstack_bpf.stacks.errors import ManageError, NeedsRoot, StackExists
 from mstack_bpf.stacks.holder import start_holder
 from mstack_bpf.stacks.state import Proc, StackState, save, stop
 
-NETS = ("loopback", "veth", "user-net")
-
 
 @dataclass(frozen=True)
 class AddRequest:

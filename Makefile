@@ -52,10 +52,10 @@ unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test: install lint
-	PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 demo: install
-	PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" bash tools/demo.sh
+	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" bash tools/demo.sh
 
 bench: install
 	@dpkg -s umview >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umview >/dev/null

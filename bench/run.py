@@ -29,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BIN = HERE / "bin"
-MSTACK = shutil.which("mstack", path="/usr/local/bin") or "mstack"
+MSTACK = shutil.which("mstack", path=os.environ.get("MSTACK_BINDIR", "/usr/local/bin")) or "mstack"
 UMVIEW = ["env", "LD_BIND_NOW=1", "umview", "-x", "-p", "umnet"]
 REPS = "7"
 ROUNDS = 3

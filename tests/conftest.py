@@ -31,10 +31,17 @@ HELPERS = HERE / "helpers"
 BIN = HERE / "bin"
 PROBE = str(HELPERS / "probe.py")
 PYTHON = sys.executable
-#: the installed interpreter (``make install``): what a target run as another user executes
-VENV_PYTHON = "/opt/mstack/bin/python"
-MSTACK = shutil.which("mstack", path="/usr/local/bin") or "mstack"
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+#: where ``make install`` put mstack: ``make test`` passes its PREFIX and BINDIR on, so that
+#: a second install (another PREFIX) can be tested beside the default one
+PREFIX = os.environ.get("MSTACK_PREFIX", "/opt/mstack")
+BINDIR = os.environ.get("MSTACK_BINDIR", "/usr/local/bin")
+#: the installed interpreter: what a target run as another user executes
+VENV_PYTHON = f"{PREFIX}/bin/python"
+MSTACK = shutil.which("mstack", path=BINDIR) or "mstack"
+MSTACK_STACK = shutil.which("mstack-stack", path=BINDIR) or "mstack-stack"
+#: PATH for programs run as another user: the install first, no user-writable directory
+USER_PATH = f"{BINDIR}:/usr/bin:/bin"
+SAFE_PATH = f"{USER_PATH}:/usr/sbin:/sbin"
 NOBODY = 65534
 #: prefix that runs a command as ``nobody`` with no supplementary groups
 AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")

@@ -3,7 +3,7 @@
 # inside the stack. Everything it creates is removed on exit, also on failure.
 set -euo pipefail
 STACK="mstack-demo-$$"
-PY=/opt/mstack/bin/python
+PY="${MSTACK_PREFIX:-/opt/mstack}/bin/python"
 PORT=8765
 server=""
 

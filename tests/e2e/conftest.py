@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import VENV_PYTHON, build_c, run
+from tests.conftest import USER_PATH, VENV_PYTHON, build_c, run
 
 ROOT = Path(__file__).resolve().parents[2]
 #: as ``nobody`` by name, as a user would type it (AS_NOBODY in tests/conftest.py by number)
@@ -59,7 +59,7 @@ class Nobody:
         self.home = home
         self.xdg = home / "xdg"
         self.env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "PATH": USER_PATH,
             "HOME": str(home),
             "XDG_RUNTIME_DIR": str(self.xdg),
             "PYTHONPATH": str(ROOT),

@@ -21,6 +21,7 @@ from mstack_bpf.linux import cgroup as cgroup_mod
 from tests.conftest import (
     MSTACK,
     PYTHON,
+    VENV_PYTHON,
     Netns,
     Report,
     build_c,
@@ -212,7 +213,6 @@ def test_socket_carries_the_callers_cgroup(netns: Netns, cgroup_rule: str) -> No
 MSOCKET = ("import socket,struct,sys,mstack_bpf;"
            "s=mstack_bpf.msocket(sys.argv[1].encode('utf-8','surrogateescape'),socket.AF_INET);"
            "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")
-VENV_PYTHON = "/opt/mstack/bin/python"  # has mstack_bpf, and nobody may run it
 
 
 @pytest.mark.parametrize("keep", [True, False], ids=["keep-namespace", "home"])

@@ -16,6 +16,7 @@ import pytest
 from mstack_bpf import __version__
 from tests.conftest import (
     MSTACK,
+    MSTACK_STACK,
     PROBE,
     PYTHON,
     SAFE_PATH,
@@ -261,7 +262,6 @@ def test_nested_mstack_under_lock_exits_125_and_runs_nothing(netns: Netns, tmp: 
 
 # --- a refused rootless state directory (another user's, or open to others) --------------
 
-MSTACK_STACK = shutil.which("mstack-stack", path="/usr/local/bin") or "mstack-stack"
 NOBODY = 65534
 
 

@@ -4,18 +4,16 @@ after STACK as before it; ``--help`` is unchanged."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, SAFE_PATH, mstack, needs_root, probe, run
+from tests.conftest import MSTACK_STACK, PYTHON, SAFE_PATH, mstack, needs_root, probe, run
 
 pytestmark = needs_root
 
-MSTACK_STACK = shutil.which("mstack-stack", path="/usr/local/bin") or "mstack-stack"
 IP_FAMILIES = ("2", "10", "16", "17")
 
 

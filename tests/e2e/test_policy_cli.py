@@ -16,6 +16,7 @@ from tests.conftest import (
     HELPERS,
     MSTACK,
     PYTHON,
+    USER_PATH,
     Netns,
     mstack,
     needs_root,
@@ -28,7 +29,7 @@ pytestmark = needs_root
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 ESCAPE_PROBE = str(HELPERS / "escape_probe.py")
-NOBODY = (*AS_NOBODY, "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/")
+NOBODY = (*AS_NOBODY, "env", "-i", f"PATH={USER_PATH}", "HOME=/")
 NNP = "grep NoNewPrivs: /proc/self/status"
 BAD = """\
 bogus = 1

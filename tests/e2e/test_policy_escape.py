@@ -31,6 +31,7 @@ from tests.conftest import (
     HELPERS,
     MSTACK,
     PYTHON,
+    USER_PATH,
     MakeNetns,
     Netns,
     build_c,
@@ -56,7 +57,7 @@ KIND_ARGS = {"unix": (1, 1, 0), "inet": (2, 1, 0), "inet6": (10, 1, 0), "netlink
 #: the family each kind's socket has (SOCK_PACKET makes an AF_PACKET socket: net/socket.c)
 FAMILY = {"unix": 1, "inet": 2, "inet6": 10, "netlink": 16, "packet": 17, "sock_packet": 17,
           "sock_packet_flags": 17}
-NOBODY_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"}
+NOBODY_ENV = {"PATH": USER_PATH, "HOME": "/"}
 #: a fact as the probes report it: {"cookie": N} (plus "family" from the Python probe) for a
 #: socket made, {"errno": "NAME"} for a call refused
 Fact = dict[str, object]

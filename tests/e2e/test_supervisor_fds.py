@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import MSTACK, Netns, needs_root, run
+from tests.conftest import MSTACK, VENV_PYTHON, Netns, needs_root, run
 
 pytestmark = needs_root
 
-VENV_PYTHON = "/opt/mstack/bin/python"
 
 #: N children each in a network namespace of its own; the parent names every one in
 #: msocket, then makes a plain AF_INET socket

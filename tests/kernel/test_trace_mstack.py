@@ -11,6 +11,7 @@ from tests.conftest import (
     AS_NOBODY,
     HELPERS,
     PYTHON,
+    USER_PATH,
     MakeNetns,
     Netns,
     Report,
@@ -79,7 +80,7 @@ def test_verbose_under_lock_without_supervisor_still_reports() -> None:
 
 
 def test_verbose_without_ebpf_says_why_in_one_line(shared_dir: Path) -> None:
-    cp = run([*AS_NOBODY, "env", "PATH=/usr/local/bin:/usr/bin:/bin", "mstack", "-v", "native",
+    cp = run([*AS_NOBODY, "env", f"PATH={USER_PATH}", "mstack", "-v", "native",
               "true"],
              cwd=str(shared_dir))
     assert cp.returncode == 0, cp.stderr

@@ -6,6 +6,7 @@ PY       := $(PREFIX)/bin/python
 BINDIR   ?= /usr/local/bin
 MANDIR   ?= /usr/local/share/man/man1
 MAN5DIR  ?= /usr/local/share/man/man5
+MAN8DIR  ?= $(patsubst %/man1,%/man8,$(MANDIR))
 SHAREDIR ?= /usr/local/share/mstack
 INCDIR   ?= /usr/local/include
 APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
@@ -33,11 +34,12 @@ build: venv
 install: venv build
 	@$(PREFIX)/bin/pip install -q --disable-pip-version-check '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 	@cd / && $(PY) -c 'import mstack_bpf.linux._colocate' || { echo "install failed" >&2; exit 1; }
-	@for cmd in mstack mstack-trace mstack-stack; do \
+	@for cmd in mstack mstack-trace mstack-stack mstack-agent; do \
 	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
-	@mkdir -p $(MANDIR) $(MAN5DIR) $(INCDIR) $(SHAREDIR)/policy
+	@mkdir -p $(MANDIR) $(MAN5DIR) $(MAN8DIR) $(INCDIR) $(SHAREDIR)/policy
 	@for page in man/*.1; do install -m 644 $$page $(MANDIR)/; done
 	@for page in man/*.5; do install -m 644 $$page $(MAN5DIR)/; done
+	@for page in man/*.8; do if [ -f $$page ]; then install -m 644 $$page $(MAN8DIR)/; fi; done
 	@install -m 644 policy/*.toml policy/README.md $(SHAREDIR)/policy/
 	@if [ -f include/msocket.h ]; then install -m 644 include/msocket.h $(INCDIR)/; fi
 	@echo "mstack installed: $$($(BINDIR)/mstack --version)"

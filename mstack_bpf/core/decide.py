@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from mstack_bpf.core.abi import SOCK_DEFAULT
+from mstack_bpf.core.abi import SOCK_DEFAULT, SYS_SOCKET, SYS_SOCKETPAIR
 from mstack_bpf.core.calls import (
     Call,
     ExitGroupCall,
@@ -110,6 +110,11 @@ def decide(call: Call, table: Mapping) -> Decision:
                 return Continue()
             return CreatePair(stack, family, call.type, call.protocol, call.sv)
         case SocketcallCall(call=sub, argp=argp):
+            if sub not in (SYS_SOCKET, SYS_SOCKETPAIR):
+                # connect, send, accept...: no socket of a family made, nothing to decide
+                # (only an OCI profile sends them: it cannot tell socketcall's sub-calls
+                # apart, mstack-agent(8)); ``sub`` is a register, so the kernel runs this one
+                return Continue()
             return ReadSocketcall(sub, argp)
         case MsocketCall():
             return Msocket(call)

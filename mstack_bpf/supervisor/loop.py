@@ -110,8 +110,11 @@ Step = Outcome | Later | Done
 class Supervisor:
     def __init__(self, listener: Listener, tables: Tables, registry: StackRegistry,
                  sockets: StackSockets, colocate: bool = False,
-                 home: OpenStack | None = None) -> None:
+                 home: OpenStack | None = None, refuse: int = 0) -> None:
         self.listener = listener
+        #: an errno every call gets, for a tree whose mapping could not be decided
+        #: (mstack-agent: a container that names what it may not): never a CONTINUE
+        self.refuse = refuse
         #: the stack the command lives in (core/home.py)
         self.home = home
         self.tables = tables
@@ -155,6 +158,15 @@ class Supervisor:
                     self.handle_one()
                 elif events & (select.POLLHUP | select.POLLERR):
                     return
+
+    def close(self) -> None:
+        """Release what serving held (the listener first: calls still to come fail closed)
+        once :meth:`serve` has returned; the command's supervisor simply exits instead."""
+        os.close(self.listener.fd)
+        self.slow.close()
+        self.tables.close()
+        self.registry.close()
+        self.sockets.close()
 
     def handle_one(self) -> bool:
         """Receive and answer one call; False if there was none to receive."""
@@ -207,6 +219,8 @@ class Supervisor:
         """decode + decide. The answer to a socket call read from registers depends only on
         them and the caller's table, so it is remembered per table (tables live as long as
         the supervisor: their ids stay theirs)."""
+        if self.refuse:
+            return decode(data.arch, data.nr, tuple(data.args)), Fail(self.refuse)
         try:
             table = self.tables.table_for(tid)
         except TableUnknown:

@@ -8,12 +8,14 @@ import os
 import resource
 import socket
 import sys
+from collections.abc import Iterable
 
-from mstack_bpf.core.model import NATIVE
+from mstack_bpf.core.model import NATIVE, Mapping, Stack
 from mstack_bpf.launch import handshake
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux.ffi import SyscallError
+from mstack_bpf.stacks.resolve import OpenStack
 from mstack_bpf.supervisor.factory import SocketMaker, StackSockets
 from mstack_bpf.supervisor.fdbudget import FdBudget
 from mstack_bpf.supervisor.loop import Supervisor, describe
@@ -66,10 +68,10 @@ def _rootless_helper(ns_fd: int) -> SocketMaker:
     return NetnsSocketHelper(f"/proc/self/fd/{ns_fd}")
 
 
-def _enter_stacks(sockets: StackSockets, config: RunConfig) -> str | None:
-    """Make a socket in every stack now, so that one we cannot use fails mstack (exit 125)
-    instead of every later call; the socket then serves the interface ioctls."""
-    for opened in config.stacks:
+def _enter_stacks(sockets: StackSockets, stacks: Iterable[OpenStack]) -> str | None:
+    """Make a socket in every stack now, so that one we cannot use fails at start (mstack
+    exits 125) instead of every later call; the socket then serves the interface ioctls."""
+    for opened in stacks:
         try:
             sockets.ioctl_socket(opened.fd, opened.ino)
         except OSError as e:
@@ -78,7 +80,41 @@ def _enter_stacks(sockets: StackSockets, config: RunConfig) -> str | None:
     return None
 
 
-def _raise_fd_limit() -> None:
+class SetupError(Exception):
+    """A listener that cannot be served; the message says why, on one line."""
+
+
+def build(listener_fd: int, mapping: Mapping, stacks: tuple[OpenStack, ...], *,
+          colocate: bool, home: OpenStack | None = None, native: Stack = NATIVE,
+          own: int | None = None, refuse: int = 0) -> Supervisor:
+    """A supervisor ready to serve ``listener_fd`` (ours from now on) with ``mapping``:
+    the kernel probed, the listener set up, every stack of ``stacks`` tried. The one way
+    both front doors (mstack's supervisor process, mstack-agent) start serving.
+    ``own``: the namespace a caller naming its own is served in by the kernel (registry.py);
+    ``refuse``: an errno for every call instead (loop.py).
+    """
+    listener = seccomp.Listener(listener_fd)
+    problem = _probe_addfd(listener)
+    if problem:
+        raise SetupError(problem)
+    try:
+        listener.set_sync_wakeup()
+        synchronous = True
+    except SyscallError as e:
+        log.debug("no synchronous wake-ups: %s", e)
+        synchronous = False
+    sockets = StackSockets(_rootless_helper)
+    problem = _enter_stacks(sockets, stacks)
+    if problem:
+        sockets.close()
+        raise SetupError(problem)
+    budget = FdBudget.of_this_process()
+    registry = StackRegistry(stacks, mapping, budget, native, own=own)
+    return Supervisor(listener, Tables(mapping, budget), registry, sockets,
+                      colocate=synchronous and colocate, home=home, refuse=refuse)
+
+
+def raise_fd_limit() -> None:
     """Tables, stacks and status files each hold a descriptor: take the hard limit (what a
     tree may make us keep is then bounded by it: fdbudget.py)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -93,7 +129,7 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     if config.verbose:
         keep.add(2)
     _close_other_fds(keep)
-    _raise_fd_limit()
+    raise_fd_limit()
     _setup_logging(config.verbose)
     try:
         offered = handshake.take_offer(channel)
@@ -106,28 +142,14 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
             handshake.ready(channel)
             watch(report)
         return
-    listener = seccomp.Listener(offered)
-    problem = _probe_addfd(listener)
-    if problem:
-        handshake.failed(channel, problem)
-        return
-    try:
-        listener.set_sync_wakeup()
-        synchronous = True
-    except SyscallError as e:
-        log.debug("no synchronous wake-ups: %s", e)
-        synchronous = False
-    sockets = StackSockets(_rootless_helper)
-    problem = _enter_stacks(sockets, config)
-    if problem:
-        handshake.failed(channel, problem)
-        return
-    budget = FdBudget.of_this_process()
     home = next((o for o in config.stacks if o.stack == config.home), None)
-    registry = StackRegistry(config.stacks, config.mapping, budget, config.start or NATIVE,
-                             own=home.ino if home else start_ino)
-    supervisor = Supervisor(listener, Tables(config.mapping, budget), registry, sockets,
-                            colocate=synchronous and config.colocate, home=home)
+    try:
+        supervisor = build(offered, config.mapping, config.stacks, colocate=config.colocate,
+                           home=home, native=config.start or NATIVE,
+                           own=home.ino if home else start_ino)
+    except SetupError as e:
+        handshake.failed(channel, str(e))
+        return
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))
     handshake.ready(channel)

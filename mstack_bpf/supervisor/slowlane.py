@@ -39,7 +39,7 @@ Then = Callable[[object], None]  # gets the job's value, or the exception it rai
 class SlowLane:
     def __init__(self, workers: int = WORKERS, backlog: int = BACKLOG,
                  per_process: int = PER_PROCESS) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Job, Then]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Job, Then] | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[Then, object, int]] = collections.deque()
         self._per_process = per_process
         self._owners: dict[int, int] = {}  # process → its calls in the lane (the loop's)
@@ -48,6 +48,9 @@ class SlowLane:
         self._workers, self._backlog = workers, backlog
         self._threads = 0
         self.pending = 0  # submitted and not yet handed back (the loop's count only)
+        #: after close(), a worker finishing a job must not write to a reused fd number
+        self._lock = threading.Lock()
+        self._closed = False
 
     def submit(self, job: Job, then: Then, owner: int = 0) -> None:
         """Run ``job`` for process ``owner`` on a worker; ``then`` gets its outcome on the
@@ -64,15 +67,28 @@ class SlowLane:
         self._jobs.put((job, lambda value: self._done.append((then, value, owner))))
 
     def _work(self) -> None:
-        while True:
-            job, finish = self._jobs.get()
+        while (item := self._jobs.get()) is not None:
+            job, finish = item
             try:
                 value: object = job()
             except BaseException as e:  # handed to the loop, which fails the call closed
                 value = e
-            finish(value)
-            with contextlib.suppress(BlockingIOError):  # the loop has bytes enough to wake
-                os.write(self._wake, b"\0")
+            with self._lock:
+                if self._closed:
+                    return
+                finish(value)
+                with contextlib.suppress(BlockingIOError):  # the loop has bytes enough
+                    os.write(self._wake, b"\0")
+
+    def close(self) -> None:
+        """Stop: idle workers exit, a busy one drops what its job yields (nobody is left to
+        answer: the loop serving these callers has ended)."""
+        with self._lock:
+            self._closed = True
+            os.close(self.fd)
+            os.close(self._wake)
+        for _ in range(self._threads):
+            self._jobs.put(None)
 
     def drain(self) -> bool:
         """Hand finished jobs' outcomes to their ``then`` (the loop calls this on POLLIN)."""

@@ -213,6 +213,15 @@ def test_family_out_of_range_is_native(family: int) -> None:
 def test_socketcall_reads_memory_first() -> None:
     call = SocketcallCall(1, 0xFFFFD000)
     assert decide(call, table()) == ReadSocketcall(1, 0xFFFFD000)
+    assert decide(SocketcallCall(8, 0xFFFFD000), table()) == ReadSocketcall(8, 0xFFFFD000)
+
+
+@pytest.mark.parametrize("sub", [2, 3, 4, 5, 9, 11, 16, 18, 20, 0, 99])
+def test_socketcall_making_no_socket_is_the_kernels(sub: int) -> None:
+    """An OCI profile sends every socketcall (connect, send, accept...): only SOCKET and
+    SOCKETPAIR make a socket of a family, the rest run as made, even with all null."""
+    everything_null = Mapping().with_families(range(1, 46), NULL)
+    assert decide(SocketcallCall(sub, 0xFFFFD000), everything_null) == Continue()
 
 
 def test_socketcall_then_socket_from_memory() -> None:

@@ -11,9 +11,12 @@ SHAREDIR ?= /usr/local/share/mstack
 INCDIR   ?= /usr/local/include
 APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
             iproute2 iputils-ping iperf3 curl passt slirp4netns nftables procps psmisc util-linux
+#: only what tests/e2e/test_agent.py runs (mstack-agent with real containers): kept out of
+#: the base install, installed by `make test`
+APT_CONTAINER_PKGS := podman crun runc busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build install demo test lint unit bench clean
+.PHONY: all deps deps-containers venv build install demo test lint unit bench clean
 
 all: install
 
@@ -21,6 +24,11 @@ deps:
 	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
 	  echo "installing system packages: $(APT_PKGS)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; }
+
+deps-containers:
+	@dpkg -s $(APT_CONTAINER_PKGS) >/dev/null 2>&1 || { \
+	  echo "installing system packages: $(APT_CONTAINER_PKGS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_CONTAINER_PKGS) >/dev/null; }
 
 venv: deps
 	@test -x $(PY) || /usr/bin/python3 -m venv $(PREFIX)
@@ -53,7 +61,7 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-test: install lint
+test: install lint deps-containers
 	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 demo: install

@@ -29,7 +29,8 @@ def notify_profile(base: dict[str, Any], listener_path: str,
     """``base`` with the socket calls notified to the agent at ``listener_path``."""
     if not isinstance(base, dict) or "defaultAction" not in base:
         raise ProfileError("not a seccomp profile (no defaultAction)")
-    rules = base.get("syscalls") or []
+    rules = base.get("syscalls")
+    rules = [] if rules is None else rules
     if not isinstance(rules, list):
         raise ProfileError("syscalls is not an array")
     out = copy.deepcopy(base)

@@ -4,12 +4,17 @@
  *                                   i386 socket (int 0x80) and i386 socketcall
  *   escape clone FAMILY TYPE PROTO  clone(CLONE_NEWNET) and clone3(CLONE_NEWNET); the child
  *                                   (if any) makes the socket in its new namespace
+ *   escape remap FAMILY TYPE PROTO  msocket(-5) SOCK_DEFAULT to "null" for every family, and
+ *                                   a seccomp filter with NEW_LISTENER (a nested supervisor's
+ *                                   two doors), then the socket
  *
  * A socket is reported as {"cookie": N} (SO_NETNS_COOKIE, the namespace it lives in), a
  * failure as {"errno": "NAME"}. Build: cc -O2 -o escape escape.c (no multilib needed). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/filter.h>
 #include <linux/sched.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -17,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -131,9 +137,31 @@ static int clones(int family, int type, int proto) {
     return 0;
 }
 
+/* Both ways a nested mstack would change the mapping, each reported with its errno, then
+ * the socket as it comes out. The filter installed (if any) allows everything. */
+static int remap(int family, int type, int proto) {
+    char buf[128];
+    errno = 0;
+    long r = syscall(-5L, "null", 0 /* AF_UNSPEC */, 0 /* SOCK_DEFAULT */, 0);
+    printf("{\"msocket\": {\"ret\": %ld, \"errno\": \"%s\"}", r,
+           r < 0 ? strerrorname_np(errno) : "");
+    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = 1, .filter = &allow};
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    errno = 0;
+    r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+    printf(", \"listener\": {\"ret\": %ld, \"errno\": \"%s\"}", r,
+           r < 0 ? strerrorname_np(errno) : "");
+    errno = 0;
+    r = syscall(SYS_socket, family, type, proto);
+    describe(buf, sizeof buf, r, errno);
+    printf(", \"socket\": %s}\n", buf);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 5) {
-        fprintf(stderr, "usage: escape sock|clone FAMILY TYPE PROTO\n");
+        fprintf(stderr, "usage: escape sock|clone|remap FAMILY TYPE PROTO\n");
         return 2;
     }
     int family = atoi(argv[2]), type = atoi(argv[3]), proto = atoi(argv[4]);
@@ -141,6 +169,8 @@ int main(int argc, char **argv) {
         return sock_abis(family, type, proto);
     if (strcmp(argv[1], "clone") == 0)
         return clones(family, type, proto);
+    if (strcmp(argv[1], "remap") == 0)
+        return remap(family, type, proto);
     fprintf(stderr, "escape: unknown command %s\n", argv[1]);
     return 2;
 }

@@ -1,0 +1,366 @@
+"""mstack-agent with real podman containers, under crun and under runc: the mapping a
+container gets, checked from inside it (SO_NETNS_COOKIE, tests/helpers/escape.c), and every
+way it must fail closed.
+
+Each test module run builds a tiny image (busybox-static and the static probe, no
+registry) in a private podman storage root under a temporary directory, and removes every
+container, image and file it made. Machine facts (no systemd; no CAP_SYS_RESOURCE; crun
+refuses the hybrid cgroup layout) are met by running podman with cgroupfs, a file events
+backend, explicit rlimits, and in a private mount namespace without /sys/fs/cgroup/unified.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    BINDIR,
+    HELPERS,
+    PREFIX,
+    PYTHON,
+    MakeNetns,
+    Netns,
+    Report,
+    cookie_code,
+    needs_root,
+    run,
+    wait_until,
+)
+
+AGENT = shutil.which("mstack-agent", path=BINDIR) or "mstack-agent"
+IMAGE = "localhost/mstack-agent-probe"
+RUNTIMES = ["crun", "runc"]
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+ABIS = ("x86_64", "high32", "i386_socket", "i386_socketcall")
+#: busybox applets the containers' shell scripts use
+APPLETS = ("sh", "sleep", "cat", "touch", "test", "[", "echo", "mkdir")
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman (make test)"),
+    pytest.mark.timeout(180),
+]
+
+
+class Podman:
+    """podman with a storage root of its own, run in a private mount namespace without the
+    cgroup v2 mount of the hybrid layout (crun refuses it)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.args = ["podman", "--root", str(base / "root"), "--runroot", str(base / "run"),
+                     "--tmpdir", str(base / "tmp"), "--network-config-dir", str(base / "net"),
+                     "--cgroup-manager=cgroupfs", "--events-backend=file"]
+
+    def __call__(self, *args: str, timeout: float = 90,
+                 stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"', "sh", *self.args, *args],
+            input=stdin.decode("latin-1") if stdin is not None else None,
+            capture_output=True, text=True, timeout=timeout)
+
+    def pid(self, name: str) -> int:
+        return int(self("inspect", "-f", "{{.State.Pid}}", name).stdout)
+
+
+def _rootfs(root: Path) -> None:
+    """busybox-static with its applets, and the probe compiled static."""
+    (root / "bin").mkdir(parents=True)
+    (root / "tmp").mkdir()
+    (root / "ctl").mkdir()
+    for lib in ("lib", "lib64"):  # for the host's /usr, mounted in to run a nested mstack
+        (root / lib).symlink_to(f"usr/{lib}")
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    run(["cc", "-O2", "-static", "-I", str(HELPERS), "-o", str(root / "bin" / "escape"),
+         str(HELPERS / "escape.c")], check=True)
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[Podman]:
+    if not Path("/bin/busybox").exists():
+        pytest.skip("needs busybox-static (make test installs it)")
+    base = Path(tempfile.mkdtemp(prefix="mstack-agent-test-"))
+    pm = Podman(base)
+    try:
+        _rootfs(base / "rootfs")
+        with tarfile.open(base / "image.tar", "w") as tar:
+            tar.add(base / "rootfs", arcname=".")
+        imported = pm("import", "-q", str(base / "image.tar"), IMAGE)
+        assert imported.returncode == 0, imported.stderr
+        yield pm
+    finally:
+        pm("rm", "-af", "-t", "0")
+        pm("rmi", "-af")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Agent:
+    """``mstack-agent serve`` on a socket of its own, and the profile that names it."""
+
+    def __init__(self, base: Path, config: str = "") -> None:
+        self.socket = base / f"agent-{uuid.uuid4().hex[:8]}.sock"
+        self.config = self.socket.with_suffix(".toml")
+        self.config.write_text(config)
+        self.log = self.socket.with_suffix(".log")
+        self.profile = self.socket.with_suffix(".json")
+        self.profile.write_text(run([AGENT, "profile", "--socket", str(self.socket)],
+                                    check=True).stdout)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Agent:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([AGENT, "serve", "-v", "--socket", str(self.socket),
+                                          "--config", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        assert wait_until(self.socket.exists), self.text()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@pytest.fixture
+def make_agent(podman: Podman) -> Iterator[Callable[..., Agent]]:
+    made: list[Agent] = []
+
+    def make(config: str = "", start: bool = True) -> Agent:
+        agent = Agent(podman.base, config)
+        made.append(agent)
+        return agent.start() if start else agent
+    yield make
+    for agent in made:
+        agent.kill()
+
+
+class Containers:
+    """Containers of one test, each removed at the end."""
+
+    def __init__(self, podman: Podman, runtime: str) -> None:
+        self.podman, self.runtime = podman, runtime
+        self.names: list[str] = []
+
+    def flags(self, agent: Agent, annotations: dict[str, str], *extra: str) -> list[str]:
+        notes = [f"--annotation={k}={v}" for k, v in annotations.items()]
+        return ["--runtime", self.runtime, "--network", "none",
+                "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096",
+                "--security-opt", f"seccomp={agent.profile}", *notes, *extra]
+
+    def run(self, agent: Agent, annotations: dict[str, str], script: str,
+            *extra: str) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` to its end in a new container."""
+        return self.podman("run", "--rm", *self.flags(agent, annotations, *extra), IMAGE,
+                           "/bin/sh", "-c", script)
+
+    def start(self, agent: Agent, annotations: dict[str, str], script: str,
+              *extra: str) -> str:
+        """Start a container running ``script`` then sleeping; its name."""
+        name = f"mstack-test-{uuid.uuid4().hex[:10]}"
+        self.names.append(name)
+        cp = self.podman("run", "-d", "--name", name, *self.flags(agent, annotations, *extra),
+                         IMAGE, "/bin/sh", "-c", f"{script}; exec /bin/sleep 600")
+        assert cp.returncode == 0, cp.stderr
+        return name
+
+    def reports(self, name: str, count: int) -> list[Report]:
+        """The first ``count`` JSON lines a started container printed."""
+        lines: list[str] = []
+
+        def enough() -> bool:
+            lines[:] = self.podman("logs", name).stdout.splitlines()
+            return len(lines) >= count
+        assert wait_until(enough, timeout=30), lines
+        return [json.loads(line) for line in lines[:count]]
+
+    def exec(self, name: str, *args: str) -> Report:
+        cp = self.podman("exec", name, *args)
+        assert cp.returncode == 0, cp.stderr
+        return json.loads(cp.stdout.splitlines()[-1])
+
+    def own_cookie(self, name: str) -> int:
+        """The cookie of the container's own network namespace, seen from the host."""
+        pid = self.podman.pid(name)
+        return int(run(["nsenter", "-t", str(pid), "-n", PYTHON, "-c", cookie_code("AF_UNIX")],
+                       check=True).stdout)
+
+    def remove(self) -> None:
+        if self.names:
+            self.podman("rm", "-f", "-t", "0", *self.names)
+
+
+@pytest.fixture(params=RUNTIMES)
+def containers(request: pytest.FixtureRequest, podman: Podman) -> Iterator[Containers]:
+    runtime: str = request.param
+    if shutil.which(runtime) is None:
+        pytest.skip(f"needs {runtime} (make test installs it)")
+    c = Containers(podman, runtime)
+    try:
+        yield c
+    finally:
+        c.remove()
+
+
+def sock(family: int, kind: int = 1) -> str:
+    return f"/bin/escape sock {family} {kind} 0"
+
+
+def cookies(report: Report) -> set[object]:
+    """What every ABI's socket() got: {cookie} when they all agree."""
+    return {report[abi].get("cookie", report[abi].get("errno")) for abi in ABIS}
+
+
+def ip_to(stack: Netns) -> dict[str, str]:
+    return {"io.mstack.stack": stack.name, "io.mstack.families": "ip"}
+
+
+# --- the mapping ------------------------------------------------------------------------
+
+
+def test_annotations_map_ip_to_a_stack_and_exec_gets_it_too(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns,
+        host_cookie: int) -> None:
+    agent = make_agent()
+    name = containers.start(agent, ip_to(netns),
+                            f"{sock(AF_INET)}; {sock(AF_INET6, 2)}; {sock(AF_UNIX)}")
+    inet, inet6, unix = containers.reports(name, 3)
+    own = containers.own_cookie(name)
+    assert own not in (netns.cookie, host_cookie)
+    assert cookies(inet) == cookies(inet6) == {netns.cookie}
+    assert cookies(unix) == {own}
+    # podman exec: another connection to the agent, the same annotations
+    assert cookies(containers.exec(name, *sock(AF_INET).split())) == {netns.cookie}
+    assert cookies(containers.exec(name, *sock(AF_UNIX).split())) == {own}
+    assert f"ipv4,ipv6,netlink,packet -> {netns.name}" in agent.text()
+
+
+def test_two_containers_with_different_stacks_at_once(
+        containers: Containers, make_agent: Callable[..., Agent],
+        make_netns: MakeNetns) -> None:
+    agent = make_agent()
+    blue, green = make_netns(), make_netns()
+    first = containers.start(agent, ip_to(blue), sock(AF_INET))
+    second = containers.start(agent, {"io.mstack.stack": green.name}, sock(AF_INET))
+    assert cookies(containers.reports(first, 1)[0]) == {blue.cookie}
+    assert cookies(containers.reports(second, 1)[0]) == {green.cookie}
+    # both served at once: each exec while the other runs
+    assert cookies(containers.exec(first, *sock(AF_INET).split())) == {blue.cookie}
+    assert cookies(containers.exec(second, *sock(AF_UNIX).split())) == {green.cookie}
+    assert cookies(containers.exec(first, *sock(AF_UNIX).split())) == {
+        containers.own_cookie(first)}
+
+
+def test_metadata_wins_over_annotations(
+        containers: Containers, make_agent: Callable[..., Agent],
+        make_netns: MakeNetns) -> None:
+    blue, green = make_netns(), make_netns()
+    agent = make_agent()
+    agent.profile.write_text(run([AGENT, "profile", "--socket", str(agent.socket),
+                                  "--metadata", f"stack={green.name}; families=ipv4"],
+                                 check=True).stdout)
+    cp = containers.run(agent, ip_to(blue), sock(AF_INET))
+    assert cp.returncode == 0, cp.stderr
+    assert cookies(json.loads(cp.stdout)) == {green.cookie}
+
+
+# --- failing closed ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("annotations, why", [
+    ({"io.mstack.stack": "/proc/1/ns/net"}, "is not allowed"),
+    ({"io.mstack.stack": "NETNS", "io.mstack.families": "bogus"}, "unknown family"),
+    ({"io.mstack.policy": "no-such-policy"}, "no-such-policy"),
+    ({"io.mstack.stack": "no-such-stack-here"}, "no-such-stack-here"),
+])
+def test_what_cannot_be_decided_gets_eacces_never_native(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns,
+        annotations: dict[str, str], why: str) -> None:
+    agent = make_agent()
+    notes = {k: v.replace("NETNS", netns.name) for k, v in annotations.items()}
+    cp = containers.run(agent, notes, f"{sock(AF_INET)}; {sock(AF_UNIX)}")
+    assert cp.returncode == 0, cp.stderr
+    inet, unix = (json.loads(line) for line in cp.stdout.splitlines())
+    assert cookies(inet) == cookies(unix) == {"EACCES"}
+    assert "refused" in agent.text() and why in agent.text()
+
+
+def test_a_stack_outside_the_configured_allow_list_is_refused(
+        containers: Containers, make_agent: Callable[..., Agent],
+        make_netns: MakeNetns) -> None:
+    allowed, other = make_netns(), make_netns()
+    agent = make_agent(f'allow = ["{allowed.name}"]\n')
+    refused = containers.run(agent, ip_to(other), sock(AF_INET))
+    assert cookies(json.loads(refused.stdout)) == {"EACCES"}, refused.stderr
+    served = containers.run(agent, ip_to(allowed), sock(AF_INET))
+    assert cookies(json.loads(served.stdout)) == {allowed.cookie}, served.stderr
+
+
+def test_without_the_agent_the_container_does_not_start(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns) -> None:
+    agent = make_agent(start=False)
+    cp = containers.run(agent, ip_to(netns), f"{sock(AF_INET)}; echo started")
+    assert cp.returncode != 0
+    assert "started" not in cp.stdout
+    assert str(agent.socket) in cp.stderr or "connect" in cp.stderr, cp.stderr
+
+
+def test_agent_killed_while_the_container_runs_fails_its_calls(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns,
+        tmp_path: Path) -> None:
+    agent = make_agent()
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    name = containers.start(
+        agent, ip_to(netns),
+        f"{sock(AF_INET)}; while [ ! -e /ctl/go ]; do sleep 0.05; done; "
+        f"{sock(AF_INET)}; {sock(AF_UNIX)}", "-v", f"{ctl}:/ctl")
+    assert cookies(containers.reports(name, 1)[0]) == {netns.cookie}
+    agent.kill()
+    (ctl / "go").touch()
+    _, inet, unix = containers.reports(name, 3)
+    assert cookies(inet) == cookies(unix) == {"ENOSYS"}  # the kernel's answer: no listener
+
+
+# --- the mapping is final ---------------------------------------------------------------
+
+
+def test_nothing_inside_changes_the_mapping(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns,
+        host_cookie: int) -> None:
+    """msocket, a listener of its own, a new network namespace (CAP_SYS_ADMIN granted for
+    it) and a nested mstack: AF_INET stays in the stack."""
+    agent = make_agent()
+    # the installed mstack and what it runs on (merged /usr: the image links /lib there)
+    mounts = [f"--volume={path}:{path}:ro" for path in sorted({"/usr", PREFIX, BINDIR})]
+    script = (f"/bin/escape remap {AF_INET} 1 0; /bin/escape clone {AF_INET} 1 0; "
+              f"{BINDIR}/mstack -o ip null /bin/escape sock {AF_INET} 1 0; echo $?")
+    cp = containers.run(agent, ip_to(netns), script, "--cap-add", "SYS_ADMIN", *mounts)
+    lines = cp.stdout.splitlines()
+    remap, clones = json.loads(lines[0]), json.loads(lines[1])
+    assert remap["msocket"]["errno"] == "ENOSYS"  # the profile's default: no such call
+    assert remap["listener"]["errno"] == "EBUSY"  # the runtime's filter holds the listener
+    assert remap["socket"]["cookie"] == netns.cookie
+    assert clones["clone"]["ret"] > 0  # it did get a namespace of its own ...
+    assert clones["clone"]["child"]["cookie"] == netns.cookie  # ... and AF_INET stays in B
+    assert clones["clone3"]["child"] in (None, {"cookie": netns.cookie})
+    assert lines[2:] == ["125"], cp.stderr  # nested mstack refuses: it runs nothing
+    assert "another seccomp listener" in cp.stderr
+    assert host_cookie != netns.cookie
+

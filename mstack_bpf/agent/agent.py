@@ -106,6 +106,8 @@ class Agent:
             # whatever listener came is still served: its calls must not go unanswered
             listeners = [fd for fd in fds if server.is_listener(fd)]
             server.close_all([fd for fd in fds if fd not in listeners])
+            if not listeners:
+                log.warning("refused a message with no listener: %s", e)
             for fd in listeners:
                 self._serve(fd, "?", None, f"unreadable message: {e}")
             return

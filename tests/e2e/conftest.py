@@ -3,6 +3,7 @@ with stacks of its own (rootless ``mstack-stack``)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -12,13 +13,14 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import USER_PATH, VENV_PYTHON, build_c, run
+from tests.conftest import BINDIR, USER_PATH, VENV_PYTHON, build_c, run, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: as ``nobody`` by name, as a user would type it (AS_NOBODY in tests/conftest.py by number)
@@ -145,3 +147,55 @@ def tun_usable() -> Iterator[None]:
         yield
     finally:
         os.chmod("/dev/net/tun", mode)
+
+
+# --- mstack-agent ------------------------------------------------------------------------
+
+AGENT = shutil.which("mstack-agent", path=BINDIR) or "mstack-agent"
+
+
+class Agent:
+    """``mstack-agent serve`` on a socket of its own, and the profile that names it."""
+
+    def __init__(self, base: Path, config: str = "") -> None:
+        self.socket = base / f"agent-{uuid.uuid4().hex[:8]}.sock"
+        self.config = self.socket.with_suffix(".toml")
+        self.config.write_text(config)
+        self.log = self.socket.with_suffix(".log")
+        self.profile = self.socket.with_suffix(".json")
+        self.profile.write_text(run([AGENT, "profile", "--socket", str(self.socket)],
+                                    check=True).stdout)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Agent:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([AGENT, "serve", "-v", "--socket", str(self.socket),
+                                          "--config", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        assert wait_until(self.socket.exists), self.text()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def agents(base: Path) -> Iterator[Callable[..., Agent]]:
+    """A factory of agents in ``base`` (started unless ``start=False``), all killed after."""
+    made: list[Agent] = []
+
+    def make(config: str = "", start: bool = True) -> Agent:
+        agent = Agent(base, config)
+        made.append(agent)
+        return agent.start() if start else agent
+    try:
+        yield make
+    finally:
+        for agent in made:
+            agent.kill()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -36,8 +35,8 @@ from tests.conftest import (
     run,
     wait_until,
 )
+from tests.e2e.conftest import AGENT, Agent, agents
 
-AGENT = shutil.which("mstack-agent", path=BINDIR) or "mstack-agent"
 IMAGE = "localhost/mstack-agent-probe"
 RUNTIMES = ["crun", "runc"]
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
@@ -107,48 +106,10 @@ def podman() -> Iterator[Podman]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-class Agent:
-    """``mstack-agent serve`` on a socket of its own, and the profile that names it."""
-
-    def __init__(self, base: Path, config: str = "") -> None:
-        self.socket = base / f"agent-{uuid.uuid4().hex[:8]}.sock"
-        self.config = self.socket.with_suffix(".toml")
-        self.config.write_text(config)
-        self.log = self.socket.with_suffix(".log")
-        self.profile = self.socket.with_suffix(".json")
-        self.profile.write_text(run([AGENT, "profile", "--socket", str(self.socket)],
-                                    check=True).stdout)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Agent:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([AGENT, "serve", "-v", "--socket", str(self.socket),
-                                          "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT)
-        assert wait_until(self.socket.exists), self.text()
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-
-    def text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-
 @pytest.fixture
 def make_agent(podman: Podman) -> Iterator[Callable[..., Agent]]:
-    made: list[Agent] = []
-
-    def make(config: str = "", start: bool = True) -> Agent:
-        agent = Agent(podman.base, config)
-        made.append(agent)
-        return agent.start() if start else agent
-    yield make
-    for agent in made:
-        agent.kill()
+    with agents(podman.base) as make:
+        yield make
 
 
 class Containers:

@@ -31,6 +31,7 @@ from mstack_bpf.core.model import Mapping, StackKind
 from mstack_bpf.core.policy import PolicyError
 from mstack_bpf.launch.policy import load_policy, open_policy
 from mstack_bpf.stacks.resolve import OpenStack, open_stack
+from mstack_bpf.supervisor.loop import describe
 from mstack_bpf.supervisor.main import SetupError, build
 
 log = logging.getLogger("mstack.agent")
@@ -82,9 +83,11 @@ def decide_mapping(metadata: str, annotations: dict[str, str],
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, sock: socket.socket) -> None:
+    def __init__(self, config: AgentConfig, sock: socket.socket, verbose: int = 0) -> None:
         self.config = config
         self.sock = sock
+        #: -v: one line per call too
+        self.verbose = verbose
 
     def serve(self) -> None:
         """Accept the runtimes' connections for good, each in a thread of its own."""
@@ -142,6 +145,9 @@ class Agent:
                         container, refusal)
         else:
             log.info("container %s: %s", container, "; ".join(mapping.describe()))
+        if self.verbose:
+            supervisor.observers.append(
+                lambda *call: log.info("container %.12s: %s", container, describe(*call)))
         try:
             supervisor.serve()
         except Exception:

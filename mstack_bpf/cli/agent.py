@@ -55,7 +55,8 @@ def main() -> None:
               help="Where the runtimes connect (the profile's listenerPath).")
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help=f"Allow-list and options [default: {DEFAULT_PATH}, if it exists].")
-@click.option("-v", "--verbose", count=True, help="-v: one line per container start.")
+@click.option("-v", "--verbose", count=True,
+              help="-v: also one line per socket call; -vv: debug logging.")
 def serve(path: str, config_path: str | None, verbose: int) -> None:
     """Serve the containers' socket calls until killed."""
     from mstack_bpf.agent.agent import Agent
@@ -70,7 +71,7 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
     raise_fd_limit()
     sock = listen(path)
     logging.getLogger("mstack.agent").info("serving %s (%s)", path, config.source)
-    Agent(config, sock).serve()
+    Agent(config, sock, verbose).serve()
 
 
 @main.command(epilog=EPILOG)

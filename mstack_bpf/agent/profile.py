@@ -13,6 +13,7 @@ container keeps, and reads i386 socketcall's arguments from memory.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 NOTIFIED = ("socket", "socketpair", "socketcall")
@@ -51,3 +52,83 @@ def notify_profile(base: dict[str, Any], listener_path: str,
     else:
         out.pop("listenerMetadata", None)
     return out
+
+
+#: Go's names (containers-common's ``includes.arches``) of the libseccomp architectures
+GOARCH = {"SCMP_ARCH_X86_64": "amd64", "SCMP_ARCH_AARCH64": "arm64", "SCMP_ARCH_S390X": "s390x",
+          "SCMP_ARCH_PPC64LE": "ppc64le", "SCMP_ARCH_RISCV64": "riscv64"}
+SPO_API = "security-profiles-operator.x-k8s.io/v1beta1"
+
+
+def _spo_rule(rule: dict[str, Any], goarch: str) -> dict[str, Any] | None:
+    """A rule as the SeccompProfile CRD takes it, or None where it cannot say the rule's
+    condition: grants under capabilities (``includes.caps``, left out: stricter) and rules of
+    other architectures. Denials for lacking a capability (``excludes.caps``) are kept."""
+    includes, excludes = rule.get("includes") or {}, rule.get("excludes") or {}
+    if includes.get("caps") or includes.get("minKernel"):
+        return None
+    if includes.get("arches") and goarch not in includes["arches"]:
+        return None
+    if goarch in (excludes.get("arches") or []):
+        return None
+    out: dict[str, Any] = {"names": list(rule["names"]), "action": rule["action"]}
+    if rule.get("args"):
+        out["args"] = [{k: a[k] for k in ("index", "value", "valueTwo", "op") if k in a}
+                       for a in rule["args"]]
+    if "errnoRet" in rule:
+        out["errnoRet"] = str(rule["errnoRet"])  # a string in the CRD
+    return out
+
+
+def spo_profile(profile: dict[str, Any], name: str,
+                arch: str = "SCMP_ARCH_X86_64") -> dict[str, Any]:
+    """``profile`` (an OCI profile, as :func:`notify_profile` makes it) as a Security Profiles
+    Operator ``SeccompProfile`` named ``name``, for nodes of architecture ``arch``."""
+    goarch = GOARCH.get(arch, arch)
+    arches = [arch]
+    for entry in profile.get("archMap") or []:
+        if entry.get("architecture") == arch:
+            arches += entry.get("subArchitectures") or []
+    spec: dict[str, Any] = {"defaultAction": profile["defaultAction"], "architectures": arches}
+    if "listenerPath" in profile:
+        spec["listenerPath"] = profile["listenerPath"]
+    if "listenerMetadata" in profile:
+        spec["listenerMetadata"] = profile["listenerMetadata"]
+    rules = (_spo_rule(r, goarch) for r in profile.get("syscalls") or [])
+    spec["syscalls"] = [r for r in rules if r is not None]
+    return {"apiVersion": SPO_API, "kind": "SeccompProfile", "metadata": {"name": name},
+            "spec": spec}
+
+
+def to_yaml(value: object, indent: int = 0) -> str:
+    """YAML for what :func:`spo_profile` makes (mappings, lists, strings, numbers): block
+    style, every string JSON-quoted (valid YAML), no dependency."""
+    pad = " " * indent
+    if isinstance(value, dict):
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{key}:\n{to_yaml(item, indent + 2)}")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        lines = []
+        for item in value:
+            if isinstance(item, dict) and item:
+                first, *rest = to_yaml(item, indent + 2).split("\n")
+                lines.append(f"{pad}- {first.lstrip()}" + "".join(f"\n{r}" for r in rest))
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+        return "\n".join(lines)
+    return pad + _scalar(value)
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int | str):
+        return json.dumps(value)
+    if value == {} or value == []:
+        return json.dumps(value)
+    raise TypeError(f"no YAML for {value!r}")

@@ -18,7 +18,14 @@ from typing import Any, NoReturn
 import click
 
 from mstack_bpf.agent.config import DEFAULT_PATH, load_config
-from mstack_bpf.agent.profile import DEFAULT_BASE, DEFAULT_SOCKET, ProfileError, notify_profile
+from mstack_bpf.agent.profile import (
+    DEFAULT_BASE,
+    DEFAULT_SOCKET,
+    ProfileError,
+    notify_profile,
+    spo_profile,
+    to_yaml,
+)
 from mstack_bpf.agent.request import RequestError, parse_metadata
 from mstack_bpf.cli.common import run
 from mstack_bpf.core.errors import MstackError, UsageError
@@ -81,7 +88,9 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
               help="The agent's socket (listenerPath).")
 @click.option("--metadata", default=None, type=MetadataType(),
               help="The mapping for every container under this profile (listenerMetadata).")
-def profile(base: str | None, path: str, metadata: str | None) -> None:
+@click.option("--spo", "spo_name", default=None, metavar="NAME",
+              help="Print it as the Security Profiles Operator's SeccompProfile NAME (YAML).")
+def profile(base: str | None, path: str, metadata: str | None, spo_name: str | None) -> None:
     """Print a seccomp profile that sends every socket call to the agent."""
     source = base or DEFAULT_BASE
     try:
@@ -96,7 +105,12 @@ def profile(base: str | None, path: str, metadata: str | None) -> None:
         out = notify_profile(doc, os.path.abspath(path), metadata)
     except ProfileError as e:
         raise UsageError(f"{source}: {e}") from None
-    click.echo(json.dumps(out, indent=1))
+    if spo_name is None:
+        click.echo(json.dumps(out, indent=1))
+    else:
+        click.echo(f"# mstack-agent profile --spo {spo_name}" + (
+            f" --metadata '{metadata}'" if metadata else "") + "\n" + to_yaml(
+                spo_profile(out, spo_name)))
 
 
 def entry() -> NoReturn:

@@ -28,6 +28,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench/agent.py
+from agent import GROUP as AGENT_GROUP  # noqa: E402
+from agent import HOST as AGENT_HOST  # noqa: E402
+from agent import START as AGENT_START  # noqa: E402
+
 BIN = HERE / "bin"
 MSTACK = shutil.which("mstack", path=os.environ.get("MSTACK_BINDIR", "/usr/local/bin")) or "mstack"
 UMVIEW = ["env", "LD_BIND_NOW=1", "umview", "-x", "-p", "umnet"]
@@ -309,9 +314,22 @@ def scale(rows: list[Row], stacks: list[str]) -> None:
                             extra={"calls_per_s": calls / wall, "rss_MB": rss / 1024}))
 
 
+def containers(rows: list[Row], ns: str, count: int = 50, rounds: int = ROUNDS) -> None:
+    """The mstack-agent rows (bench/agent.py); skipped without podman and crun."""
+    if not (shutil.which("podman") and shutil.which("crun") and Path("/bin/busybox").exists()):
+        print("bench: no podman, crun or busybox-static: no mstack-agent rows", file=sys.stderr)
+        return
+    from agent import agent_rows
+
+    def add(group: str, name: str, lo: float, med: float, **extra: float) -> None:
+        rows.append(Row(group, name, lo, med, extra=dict(extra)))
+    agent_rows(add, measure, MSTACK, ns, BIN / "workload.static", rounds, count)
+
+
 def ratios(rows: list[Row]) -> None:
     baselines = {"getpid": "native", "read /dev/zero": "native", "socket()+close()": "native",
-                 "start-up": "ip netns exec NS true", HOME: "ip netns exec NS", UNIX: "native"}
+                 "start-up": "ip netns exec NS true", HOME: "ip netns exec NS", UNIX: "native",
+                 AGENT_GROUP: AGENT_HOST, AGENT_START: "default profile"}
     for row in rows:
         base_name = baselines.get(row.group)
         if row.group.startswith("TCP"):
@@ -421,6 +439,12 @@ README_BOUNDS = """\
 - **Start-up** is Python's and click's imports (`python3 -c pass` is the interpreter alone),
   plus the supervisor's set-up when something is redirected; `--lock` with nothing
   redirected starts no supervisor.
+- **mstack-agent** (podman with crun, bench/agent.py): a redirected `socket()` in a container,
+  served by the agent, against the same call under `mstack --keep-namespace` on the host. The
+  agent runs without co-location (it would need the runtime to set `WAIT_KILLABLE_RECV`), so
+  its round trip is placed by the scheduler. The start-up rows time `podman run` of a
+  container that makes one socket and exits, with podman's default profile and through the
+  agent; the memory row is the agent's resident size while that many containers run.
 - **Supervisor scale**: aggregate calls per second of 1, 8 and 64 concurrent processes, each
   started by its own nested mstack (start-up included), across 1 and 16 stacks; `rss_MB` is
   the supervisor's largest resident size. Its loop is single-threaded. Co-location applies
@@ -475,6 +499,7 @@ def main() -> None:
         startup(rows, stacks[0])
         tracing(rows)
         scale(rows, stacks)
+        containers(rows, stacks[0])
     ratios(rows)
     text = table(rows)
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} "
@@ -488,6 +513,19 @@ def main() -> None:
     plot(rows, HERE / "overheads.png")
 
 
+def agent_only(count: int) -> None:
+    """``bench/run.py agent [N]``: only the mstack-agent rows, one round, N containers."""
+    build()
+    rows: list[Row] = []
+    with namespaces(1) as stacks:
+        containers(rows, stacks[0], count, rounds=1)
+    ratios(rows)
+    print(table(rows))
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory():
-        main()
+        if sys.argv[1:2] == ["agent"]:
+            agent_only(int(sys.argv[2]) if sys.argv[2:] else 5)
+        else:
+            main()

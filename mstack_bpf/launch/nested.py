@@ -35,6 +35,8 @@ OWN_NAMESPACE = "/proc/self/ns/net"  # the caller's own: what its kernel serves 
 _HINTS = {
     errno.EMFILE: "the table travels in descriptor 1023: raise 'ulimit -n' above 1024",
     errno.EBUSY: "descriptor 1023, which carries the table, is taken in this process",
+    errno.EAGAIN: "the outer supervisor may keep no more tables: its descriptor limit is "
+                  "used up; start the outer mstack with a higher 'ulimit -Hn'",
 }
 
 

@@ -91,6 +91,10 @@ class Tables:
         self._seen[tid] = self._markers[table_key(mapping)][1], mapping
         return mapping
 
+    def nested(self) -> bool:
+        """Whether some process of the tree may have a table of its own."""
+        return bool(self._by_marker)
+
     def candidates(self) -> list[Mapping]:
         """Every table a process of the tree can have."""
         return [self.root, *self._by_marker.values()]

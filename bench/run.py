@@ -140,7 +140,7 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
          ["taskset", "-c", "1", *m, KEEP, "-o", "4", ns], ("socket", "2")),
         ("redirected, both CPUs kept busy (nice-19 spinners: no idle wake-ups)",
          ["busy", *m, KEEP, "-o", "4", ns], ("socket", "2")),
-        ("redirected, own table (nested mstack: marker lookup)",
+        ("redirected, own table (nested mstack: table lookup)",
          [*m, KEEP, "-o", "4", ns, *m, KEEP, "-o", "4", ns2], ("socket", "2")),
         ("redirected via msocket(NS)", [*m, "-o", "6", ns], ("msocket", f"/run/netns/{ns}", "2")),
         ("native family, mstack -v --lock -o 6 null (eBPF tracing on)",
@@ -430,7 +430,9 @@ README_BOUNDS = """\
   that the caller never sees its narrowed affinity, which the row with supervisor and
   command pinned to one CPU by the user (`taskset`) does not need. The row with both CPUs
   kept busy shows the round trip without idle wake-ups. A per-process default table (the
-  nested-mstack row) adds a check of the caller's marker (one `kcmp()`). msocket with a path
+  nested-mstack row) is looked up in the eBPF carrier's map where eBPF runs (one `bpf()`
+  call), else by a check of the caller's marker (one `kcmp()`), and keeps every call in
+  Python. msocket with a path
   reads, resolves and checks the path at every call, in the slow lane.
 - **In a home stack** (the command lives in the stack of its IP families, docs/design.md,
   "Native"): under `--lock` an AF_INET `socket()` is the kernel's own, against the same loop

@@ -404,6 +404,7 @@ class Supervisor:
         except SyscallError as e:
             return Done.failed(d, errno.EMFILE if e.errno == errno.EBADF else (
                 e.errno or errno.EIO))
+        self.tables.carry(tid, table)
         return Done.value(d, 0)
 
     def _pin_home(self, tid: int, table: Mapping) -> Mapping:

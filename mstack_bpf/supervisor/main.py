@@ -14,6 +14,7 @@ from mstack_bpf.launch import handshake
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux.ffi import SyscallError
+from mstack_bpf.supervisor import carrier
 from mstack_bpf.supervisor.factory import SocketMaker, StackSockets
 from mstack_bpf.supervisor.fdbudget import FdBudget
 from mstack_bpf.supervisor.loop import Supervisor, describe
@@ -126,7 +127,8 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     home = next((o for o in config.stacks if o.stack == config.home), None)
     registry = StackRegistry(config.stacks, config.mapping, budget, config.start or NATIVE,
                              own=home.ino if home else start_ino)
-    supervisor = Supervisor(listener, Tables(config.mapping, budget), registry, sockets,
+    tables = Tables(config.mapping, budget, carrier.start)
+    supervisor = Supervisor(listener, tables, registry, sockets,
                             colocate=synchronous and config.colocate, home=home)
     if config.verbose >= 3:
         supervisor.observers.append(lambda *a: log.debug("%s", describe(*a)))

@@ -13,6 +13,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import time
 from dataclasses import dataclass, field
 
 from mstack_bpf.linux import netns
@@ -182,6 +183,22 @@ def users(st: StackState) -> list[procs.User]:
     return info.users
 
 
+#: how long ``del`` waits for the supervisors of mstack runs that just ended
+SUPERVISOR_GRACE = 2.0
+
+
+def _settled_users(st: StackState) -> list[procs.User]:
+    """:func:`users`, waiting up to :data:`SUPERVISOR_GRACE` seconds while every one left
+    is an mstack supervisor: after ``mstack NAME COMMAND`` returns, its supervisor (and
+    its stack helper) exits on its own once the tree is gone, a moment later."""
+    deadline = time.monotonic() + SUPERVISOR_GRACE
+    while True:
+        left = users(st)
+        if not procs.only_supervisors(left) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def delete(name: str, force: bool = False) -> list[procs.User]:
     """Remove stack ``name`` and all it started (nothing to remove is no error). While
     processes use it, :class:`InUse` unless ``force``; forced, the processes that still
@@ -193,7 +210,7 @@ def delete(name: str, force: bool = False) -> list[procs.User]:
         return []
     if st.owner == "root" and os.geteuid() != 0:
         raise NeedsRoot(f"deleting root stack {name!r}")
-    left = users(st)
+    left = _settled_users(st)
     if left and not force:
         raise InUse(name, left)
     for proc in st.procs:  # helpers first, the holder last (see create)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 #: the ways a process can use a stack, the strongest first
 HOW = ("member", "socket", "fd")
+#: the name mstack's supervisor (and its stack helpers) run under (launch/launcher.py)
+SUPERVISOR_COMM = "mstack-sv"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ def users_of(inodes: set[int],
         for inode, how in uses.items():
             found[inode].append(User(pid, _comm(pid), how))
     return found
+
+
+def only_supervisors(users: list[User]) -> bool:
+    """Whether ``users`` is not empty and every one is an mstack supervisor."""
+    return bool(users) and all(u.comm == SUPERVISOR_COMM for u in users)
 
 
 def _fd_uses(pid: int, links: Mapping[str, tuple[int, str]]) -> dict[int, str]:

@@ -10,9 +10,11 @@ afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mstack_bpf.stacks import usernet
-from tests.conftest import MSTACK, needs_root, run, stop_process, wait_until
+from tests.conftest import MSTACK, needs_root, run, stop_process
 from tests.e2e.conftest import info, netns_exec, ok, stack_cli
 
 pytestmark = needs_root
@@ -179,13 +181,30 @@ def test_list_shows_what_an_external_namespace_holds(new_name: Callable[[], str]
     assert all(e["net"] != "unknown" for e in doc if e["type"] == "external"), doc
 
 
-def test_del_waits_for_a_finished_runs_supervisor(new_name: Callable[[], str]) -> None:
-    """`mstack NAME COMMAND; mstack-stack del NAME` works: the run's supervisor exits on its
-    own a moment after COMMAND, and del waits for it rather than refuse."""
+#: makes a socket in the stack, leaves ``sleep SECONDS`` behind under the run's filter, and
+#: prints its pid
+LEAVE_CHILD = ("import socket, subprocess, sys\n"
+               "socket.socket()\n"
+               "quiet = {'stdout': subprocess.DEVNULL, 'stderr': subprocess.DEVNULL}\n"
+               "print(subprocess.Popen(['sleep', sys.argv[1]], **quiet).pid)\n")
+
+
+def test_del_waits_a_moment_for_a_runs_supervisor(new_name: Callable[[], str]) -> None:
+    """A run's supervisor stays until the last process of its tree is gone, which can be a
+    moment after COMMAND itself (here: a child COMMAND left behind): del waits up to 2 s
+    for supervisors, then refuses naming them."""
     name = new_name()
     ok("add", name)
-    done = run([MSTACK, "--keep-namespace", "-o", "ip", name, sys.executable, "-c",
-                "import socket; socket.socket()"])
-    assert done.returncode == 0, done.stderr
-    assert stack_cli("del", name).returncode == 0
-    assert wait_until(lambda: not os.path.lexists(f"/run/netns/{name}"), timeout=1)
+    for linger, removed in (("60", False), ("0.5", True)):
+        done = run([MSTACK, "--keep-namespace", "-o", "ip", name,
+                    sys.executable, "-c", LEAVE_CHILD, linger])
+        assert done.returncode == 0, done.stderr
+        child = int(done.stdout)
+        try:
+            res = stack_cli("del", name)
+            assert (res.returncode == 0) is removed, res.stderr
+            assert os.path.lexists(f"/run/netns/{name}") is not removed
+            assert removed or "(mstack-sv, " in res.stderr, res.stderr
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)

@@ -54,6 +54,7 @@ _INODE_AT = {"unix": 4, "netlink": 16, "packet": 4}
 
 # linux/rtnetlink.h, if_link.h, if_addr.h
 RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_GETROUTE = 16, 18, 20, 22, 26
+_RTM_NAMES = {RTM_GETLINK: "RTM_GETLINK", RTM_GETADDR: "RTM_GETADDR"}
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol,
 #                                       scope, type, flags
 RTA_DST = 1
@@ -140,12 +141,8 @@ def parse_diag(kind: str, body: bytes) -> DiagSocket:
 def links(route_fd: int) -> list[Link]:
     """The interfaces of the namespace ``route_fd`` (a ``NETLINK_ROUTE`` socket) was made in."""
     out: list[Link] = []
-    req = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    for body in dump(route_fd, RTM_GETLINK, req, "rtnetlink(RTM_GETLINK)"):
-        _, _, index, flags, _ = _IFINFOMSG.unpack_from(body)
-        attrs = dict(attributes(body[_IFINFOMSG.size :]))
-        info = dict(attributes(attrs.get(IFLA_LINKINFO, b"")))
-        kind = info.get(IFLA_INFO_KIND)
+    for (_, _, index, flags, _), attrs in _rt_dump(route_fd, RTM_GETLINK, _IFINFOMSG):
+        kind = dict(attributes(attrs.get(IFLA_LINKINFO, b""))).get(IFLA_INFO_KIND)
         out.append(Link(index, _cstr(attrs.get(IFLA_IFNAME, b"")),
                         _cstr(kind) if kind else None, bool(flags & IFF_LOOPBACK)))
     return out
@@ -154,14 +151,20 @@ def links(route_fd: int) -> list[Link]:
 def addresses(route_fd: int) -> list[Address]:
     """The IPv4 and IPv6 addresses of the namespace ``route_fd`` was made in."""
     out: list[Address] = []
-    req = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    for body in dump(route_fd, RTM_GETADDR, req, "rtnetlink(RTM_GETADDR)"):
-        family, prefixlen, _, scope, index = _IFADDRMSG.unpack_from(body)
-        attrs = dict(attributes(body[_IFADDRMSG.size :]))
+    for (family, prefixlen, _, scope, index), attrs in _rt_dump(route_fd, RTM_GETADDR,
+                                                                 _IFADDRMSG):
         raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
         if family in (socket.AF_INET, socket.AF_INET6) and raw:
             out.append(Address(index, str(ipaddress.ip_address(raw)), prefixlen, scope))
     return out
+
+
+def _rt_dump(route_fd: int, msg_type: int,
+             header: struct.Struct) -> Iterator[tuple[tuple[int, ...], dict[int, bytes]]]:
+    """Dump ``msg_type`` for every family: each reply's fixed ``header`` and attributes."""
+    req = bytes(header.size)  # family AF_UNSPEC (0) and no filter: every field 0
+    for body in dump(route_fd, msg_type, req, f"rtnetlink({_RTM_NAMES[msg_type]})"):
+        yield header.unpack_from(body), dict(attributes(body[header.size :]))
 
 
 def has_route(route_fd: int, address: str) -> bool:

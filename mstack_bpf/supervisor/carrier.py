@@ -78,10 +78,20 @@ class Carrier:
         """Give every thread of ``tid``'s process table ``number`` (and so, from now on,
         every task they create); False if the map is full."""
         value = ctypes.c_uint32(number)
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{tid}/task")]
-        except OSError:
-            return False  # gone: nothing to carry
+        done: set[int] = set()
+        # twice: a thread created while the first pass ran, by one not yet given the
+        # table, copied the old one; the second pass finds it
+        for _ in range(2):
+            try:
+                tids = {int(t) for t in os.listdir(f"/proc/{tid}/task")} - done
+            except OSError:
+                return False  # gone: nothing to carry
+            if not self._give(tids, value):
+                return False
+            done |= tids
+        return True
+
+    def _give(self, tids: set[int], value: ctypes.c_uint32) -> bool:
         for thread in tids:
             try:
                 libbpf.map_update(self._map, ctypes.c_uint32(thread), value, "tables")

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import (
     AS_NOBODY,
     HELPERS,
@@ -25,25 +27,24 @@ pytestmark = needs_root
 PROBE = str(HELPERS / "trace_probe.py")
 
 
-def run_traced(mstack_args: list[str],
-               specs: list[str]) -> tuple[Report, list[Report]]:
-    """The probe's own report and the traced socket calls of its process."""
-    cp = run(["mstack-trace", "--json", "--", "mstack", *mstack_args, PYTHON, PROBE, *specs],
-             timeout=60)
+def run_traced(mstack_args: list[str], specs: list[str],
+               *trace_args: str) -> tuple[Report, list[Report], list[Report]]:
+    """The probe's own report, the traced socket calls of its process, and every event."""
+    cp = run(["mstack-trace", "--json", *trace_args, "--", "mstack", *mstack_args, PYTHON,
+              PROBE, *specs], timeout=60)
     assert cp.returncode == 0, cp.stderr
-    lines = cp.stdout.splitlines()
-    report = json.loads(next(line for line in lines if line.startswith('{"pid"')))
-    events = [json.loads(line) for line in lines if line.startswith('{"time"')]
-    mine = [e for e in events if e["pid"] == report["pid"] and e["comm"] != "mstack"
+    report = json.loads(cp.stdout)  # the events went to stderr, apart from the probe's
+    events = [json.loads(line) for line in cp.stderr.splitlines()]
+    mine = [e for e in events if e["pid"] == report["pid"]
             and e["call"] in ("socket", "msocket") and e["family"] in (1, 2, 10)]
-    return report, mine
+    return report, mine, events
 
 
 @needs_ebpf
 def test_traced_stacks_equal_what_the_target_sees(make_netns: MakeNetns) -> None:
     a, b = make_netns(), make_netns()
     specs = ["2", "1", "10", f"{b.path}:2", "null:2", "/nonexistent:2"]
-    report, events = run_traced(["-o", "4", a.name], specs)
+    report, events, _ = run_traced(["-o", "4", a.name], specs)
     sockets = report["sockets"]
     assert isinstance(sockets, list)
     assert [s.get("errno") for s in sockets] == [None, None, None, None, "EAFNOSUPPORT",
@@ -86,3 +87,91 @@ def test_verbose_without_ebpf_says_why_in_one_line(shared_dir: Path) -> None:
     assert cp.returncode == 0, cp.stderr
     missing = [line for line in cp.stderr.splitlines() if "no socket table" in line]
     assert len(missing) == 1
+
+
+def _table(stderr: str) -> list[list[str]]:
+    """The rows of every -v socket table in ``stderr`` (header lines left out)."""
+    lines = [line.removeprefix("mstack: ") for line in stderr.splitlines()
+             if line.startswith("mstack: ")]
+    rows, inside = [], False
+    for line in lines:
+        if line.split()[:1] == ["FAMILY"]:
+            inside = True
+        elif inside and line.split()[0] in ("unix", "ipv4", "ipv6", "netlink", "packet",
+                                             "unspec", "(no"):
+            rows.append(line.split())
+        else:
+            inside = False
+    return rows
+
+
+@needs_ebpf
+@pytest.mark.parametrize("keep", [False, True], ids=["home", "redirected"])
+def test_trace_of_an_mstack_run_lists_only_the_commands_calls(netns: Netns, keep: bool) -> None:
+    """mstack's launcher (its msocket probe, its socketpair) and supervisor (comm mstack-sv:
+    the sockets it makes to inject, the probes of every stack) are not the command's: left
+    out, so an injected socket counts once, in the caller; --show-mstack shows them."""
+    args = [*(["--keep-namespace"] if keep else []), "-o", "ip", netns.name]
+    report, mine, events = run_traced(args, ["2"])
+    assert [(e["pid"], e["call"], e["family_name"], e["stack"]) for e in events] == [
+        (report["pid"], "socket", "ipv4", netns.name)]
+    _, _, shown = run_traced(args, ["2"], "--show-mstack")
+    own = [e for e in shown if e["mstack"]]
+    assert {e["comm"] for e in own} == {"mstack", "mstack-sv"}
+    assert {"msocket", "socketpair"} <= {e["call"] for e in own if e["comm"] == "mstack"}
+    assert [e for e in shown if not e["mstack"]][0]["comm"] != "mstack-sv"
+    if keep:  # the supervisor made the probe's socket; the probe got it: one socket each
+        made = [e for e in own if e["comm"] == "mstack-sv" and e["family"] == 2]
+        assert made and all(e["stack"] == netns.name for e in made)
+
+
+@needs_ebpf
+def test_a_program_calling_itself_mstack_sv_is_still_traced(netns: Netns) -> None:
+    """mstack's own processes are known by the mark the launcher sets, not by their name."""
+    code = ("import ctypes, socket; ctypes.CDLL(None).prctl(15, b'mstack-sv', 0, 0, 0); "
+            "socket.socket(); socket.socket(socket.AF_UNIX)")
+    cp = run(["mstack-trace", "--json", "--", "mstack", "-o", "ip", netns.name, PYTHON, "-c",
+              code], timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    events = [json.loads(line) for line in cp.stderr.splitlines()]
+    assert [(e["comm"], e["family_name"]) for e in events] == [
+        ("mstack-sv", "ipv4"), ("mstack-sv", "unix")]
+    table = _table(mstack("-v", "-o", "ip", netns.name, PYTHON, "-c", code).stderr)
+    assert ["ipv4", netns.name, "1", "-"] in table and ["unix", "native", "1", "-"] in table
+
+
+@needs_ebpf
+def test_a_nested_mstack_leaves_no_row_in_the_outer_table(make_netns: MakeNetns) -> None:
+    """Its probe of the outer supervisor (msocket, EINVAL) and its SOCK_DEFAULT calls are
+    mstack's work, not the user's."""
+    a, b = make_netns(), make_netns()
+    cp = mstack("-v", "-o", "ip", a.name, "sh", "-c",
+                f"mstack -o ip {b.name} {PYTHON} {PROBE} 2", timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert _table(cp.stderr) == [["ipv4", b.name, "1", "-"]]
+
+
+@needs_ebpf
+def test_a_nested_verbose_mstack_shows_its_own_subtree(make_netns: MakeNetns) -> None:
+    """Nested -vv: the per-call lines under their header and the table, as at top level;
+    its native sockets are named native although it started in the outer home."""
+    a, b = make_netns(), make_netns()
+    cp = mstack("-o", "ip", a.name, "sh", "-c",
+                f"{PYTHON} {PROBE} 2; mstack -vv -o ip {b.name} {PYTHON} {PROBE} 2 1",
+                timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    lines = [line.removeprefix("mstack: ") for line in cp.stderr.splitlines()]
+    header = next(i for i, line in enumerate(lines) if line.startswith("TIME"))
+    assert lines[header].split() == ["TIME", "PID", "COMM", "CALL", "FAMILY", "FD/ERR",
+                                     "STACK", "TYPE"]
+    calls = [line.split() for line in lines[header + 1:] if " socket " in line]
+    assert [(c[4], c[6]) for c in calls] == [("ipv4", b.name), ("unix", "native")]
+    assert sorted(_table(cp.stderr)) == [["ipv4", b.name, "1", "-"], ["unix", "native", "1", "-"]]
+
+
+def test_a_nested_verbose_mstack_without_ebpf_says_why(shared_dir: Path) -> None:
+    cp = run([*AS_NOBODY, "env", f"PATH={USER_PATH}", "mstack", "native", "sh", "-c",
+              "mstack -v native true"], cwd=str(shared_dir))
+    assert cp.returncode == 0, cp.stderr
+    missing = [line for line in cp.stderr.splitlines() if "no socket table" in line]
+    assert len(missing) == 1, cp.stderr

@@ -175,3 +175,34 @@ def test_a_nested_verbose_mstack_without_ebpf_says_why(shared_dir: Path) -> None
     assert cp.returncode == 0, cp.stderr
     missing = [line for line in cp.stderr.splitlines() if "no socket table" in line]
     assert len(missing) == 1, cp.stderr
+
+
+ICMP_THEN_TCP = (
+    "import socket\n"
+    "try: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)\n"
+    "except PermissionError: pass\n"
+    "socket.socket()\n"
+)
+
+
+@needs_ebpf
+@pytest.mark.parametrize("keep", [False, True], ids=["home", "redirected"])
+def test_a_stacks_own_refusal_shows_on_its_row(netns: Netns, keep: bool) -> None:
+    """ICMP refused by the stack's own ping_group_range is that stack's: one ipv4 row."""
+    run(["ip", "netns", "exec", netns.name, "sysctl", "-qw", "net.ipv4.ping_group_range=1 0"],
+        check=True)
+    cp = mstack("-v", *(["--keep-namespace"] if keep else []), "-o", "ip", netns.name,
+                PYTHON, "-c", ICMP_THEN_TCP)
+    assert cp.returncode == 0, cp.stderr
+    assert _table(cp.stderr) == [["ipv4", netns.name, "1", "EACCES×1"]]
+
+
+@needs_ebpf
+def test_the_table_still_comes_after_a_sigkill(netns: Netns) -> None:
+    """A command killed by a signal makes no exit_group for the table to hold: the table
+    comes once the supervisor sees the pid gone (after the shell's "Killed", as documented),
+    still complete."""
+    code = "import os, socket; socket.socket(); os.kill(os.getpid(), 9)"
+    cp = mstack("-v", "-o", "ip", netns.name, PYTHON, "-c", code)
+    assert cp.returncode == -9
+    assert _table(cp.stderr) == [["ipv4", netns.name, "1", "-"]]

@@ -34,7 +34,7 @@ from mstack_bpf.trace.summary import (
     format_table,
     summarize,
 )
-from mstack_bpf.trace.tracer import Tracer
+from mstack_bpf.trace.tracer import Tracer, running_mstack
 
 #: Events are delivered in batches; this bounds how late a line can appear.
 POLL_MS = 100
@@ -115,7 +115,7 @@ def _trace_pid(opts: Options, out: _Output) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    with Tracer(opts.pid) as tracer:
+    with Tracer(opts.pid, own_pids=running_mstack()) as tracer:
         out.header()
         while not stop.requested:
             out.emit(tracer.poll(POLL_MS))

@@ -88,9 +88,9 @@ def _open(path: Path, mode: str) -> libbpf.BpfObject:
     return obj
 
 
-def _descendants(root: int) -> set[int]:
-    """``root`` and every live process below it, from /proc (a snapshot, racy by nature)."""
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[bytes, int]]:
+    """pid → (comm, ppid) of every live process, from /proc (a snapshot, racy by nature)."""
+    found: dict[int, tuple[bytes, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -100,15 +100,52 @@ def _descendants(root: int) -> set[int]:
         except OSError:
             continue  # exited meanwhile
         # The comm field may hold spaces and parentheses: ppid follows the last ')'.
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {root}, [root]
+        end = stat.rindex(b")")
+        found[int(entry.name)] = (stat[stat.index(b"(") + 1 : end],
+                                  int(stat[end + 2 :].split()[1]))
+    return found
+
+
+def _descendants(roots: Iterable[int], processes: dict[int, tuple[bytes, int]]) -> set[int]:
+    """``roots`` and every live process below them."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid) in processes.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(roots), list(roots)
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in found:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+SUPERVISOR_COMM = b"mstack-sv"  # launch/launcher.py names its supervisor so
+_LISTENER_LINK = "anon_inode:seccomp notify"
+
+
+def _holds_listener(pid: int) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == _LISTENER_LINK:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def running_mstack() -> set[int]:
+    """mstack supervisors already running, with the helpers they forked: a process named
+    ``mstack-sv`` *that holds a seccomp listener* (a name alone is any program's to take).
+    Those started later are known from the mark their launcher sets (``SELF_MARK``)."""
+    processes = _processes()
+    supervisors = [pid for pid, (comm, _) in processes.items()
+                   if comm == SUPERVISOR_COMM and _holds_listener(pid)]
+    return _descendants(supervisors, processes) if supervisors else set()
 
 
 class Tracer:
@@ -151,7 +188,7 @@ class Tracer:
                 # Processes forked before the fork hook was attached: find them in /proc,
                 # twice, so a fork racing with the first scan is caught by the second.
                 for _ in range(2):
-                    self.add_pids(_descendants(root_pid))
+                    self.add_pids(_descendants([root_pid], _processes()))
         except BaseException:
             self.close()
             raise

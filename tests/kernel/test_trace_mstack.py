@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import pytest
 from tests.conftest import (
     AS_NOBODY,
     HELPERS,
+    MSTACK,
     PYTHON,
     USER_PATH,
     MakeNetns,
@@ -21,6 +26,10 @@ from tests.conftest import (
     needs_ebpf,
     needs_root,
     run,
+    stop_process,
+    stop_tree,
+    supervisors_of,
+    wait_until,
 )
 
 pytestmark = needs_root
@@ -206,3 +215,44 @@ def test_the_table_still_comes_after_a_sigkill(netns: Netns) -> None:
     cp = mstack("-v", "-o", "ip", netns.name, PYTHON, "-c", code)
     assert cp.returncode == -9
     assert _table(cp.stderr) == [["ipv4", netns.name, "1", "-"]]
+
+
+WAIT_THEN_SOCKET = (
+    "import sys, socket  # {marker}\n"
+    "sys.stdin.readline(); socket.socket(); print('done', flush=True); sys.stdin.readline()\n"
+)
+
+
+@needs_ebpf
+def test_a_trace_started_later_knows_running_supervisors(netns: Netns) -> None:
+    """A supervisor that was running before mstack-trace started (no launcher mark seen) is
+    known by its name *and* its seccomp listener: its injecting socket() is mstack's, the
+    caller's own call the user's."""
+    marker = f"trace-later-{uuid.uuid4().hex[:8]}"
+    target = subprocess.Popen(
+        [MSTACK, "--keep-namespace", "-o", "ip", netns.name, PYTHON, "-c",
+         WAIT_THEN_SOCKET.format(marker=marker)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    tracer: subprocess.Popen[str] | None = None
+    try:
+        assert target.stdin is not None and target.stdout is not None
+        assert wait_until(lambda: supervisors_of(marker))
+        sv = supervisors_of(marker)
+        tracer = subprocess.Popen(["mstack-trace", "--show-mstack"], stdout=subprocess.PIPE,
+                                  text=True)
+        assert tracer.stdout is not None
+        assert tracer.stdout.readline().startswith("TIME")  # attached
+        target.stdin.write("\n")
+        target.stdin.flush()
+        assert target.stdout.readline() == "done\n"
+        time.sleep(0.3)  # events come in batches
+        tracer.send_signal(signal.SIGTERM)
+        out, _ = tracer.communicate(timeout=10)
+    finally:
+        if tracer is not None:
+            stop_process(tracer)
+        stop_tree(target, marker)
+    ours = [(int(w[1]), w[-1] == "[mstack]") for w in (line.split() for line in out.splitlines())
+            if len(w) > 4 and w[1].isdigit() and int(w[1]) in {target.pid, *sv}
+            and w[3] == "socket" and w[4] == "ipv4"]
+    assert ours == [(*sv, True), (target.pid, False)]

@@ -123,8 +123,9 @@ awk -v ns="$NS" '$1 == "mstack:" && $2 == "ipv4" && $3 == ns && $4 + 0 >= 1 { ok
                  END { exit !ok }' <<<"$out" \
     || die "no eBPF socket table row 'ipv4 $NS >=1' (is eBPF available? see the lines above)"
 
-printf '\n$ mstack-trace --json -- mstack -o ip %s curl -s -o /dev/null %s\n' "$NS" "$URL"
-mstack-trace --json -- mstack -o ip "$NS" curl -s -o /dev/null "$URL" >"$tmp/trace.json" \
+printf '\n$ mstack-trace --json -o trace.json -- mstack -o ip %s curl -s -o /dev/null %s\n' \
+    "$NS" "$URL"
+mstack-trace --json -o "$tmp/trace.json" -- mstack -o ip "$NS" curl -s -o /dev/null "$URL" \
     || die "mstack-trace failed"
 "$PY" - "$tmp/trace.json" "$NS" <<'PY' || die "mstack-trace did not show curl's socket in $NS"
 import json

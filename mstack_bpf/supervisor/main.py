@@ -10,7 +10,7 @@ import socket
 import sys
 
 from mstack_bpf.core.model import NATIVE
-from mstack_bpf.launch import handshake
+from mstack_bpf.launch import handshake, nested
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux.ffi import SyscallError
@@ -100,9 +100,10 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
         offered = handshake.take_offer(channel)
     except OSError:
         return
-    report = SocketReport(root_pid, config.mapping, config.stacks, config.verbose) if (
+    report = SocketReport(root_pid, config.mapping, config.stacks, config.verbose,
+                          native=nested.outer_native() if config.nested else None) if (
         config.verbose) else None
-    if offered is None:  # no listener: a watcher for -v under a lock
+    if offered is None:  # no listener: a watcher for -v (under a lock, or nested)
         if report is not None:
             handshake.ready(channel)
             watch(report)

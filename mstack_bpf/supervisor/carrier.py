@@ -4,8 +4,10 @@ A table a process sets (msocket ``SOCK_DEFAULT``, a nested mstack) is carried to
 children by the marker descriptor (supervisor/tables.py), which a child loses when it closes
 its descriptors (``closefrom``, Python's ``close_fds``, sudo). Where eBPF runs (root, BTF),
 the supervisor also writes thread -> table number into the map of a program on
-``sched_process_fork`` and ``sched_process_exit``: every task a task creates gets the entry
-its creator had at that moment, an exiting task's entry goes. The supervisor then asks the
+``sched_process_fork``, ``sched_process_exec`` and ``sched_process_exit``: every task a task
+creates gets the entry its creator had at that moment (none if it had none, whatever a
+former task of that tid left), an exiting task's entry goes, a thread that execs and so takes
+its process's pid (de_thread) takes its entry along. The supervisor then asks the
 map first, and the marker only for a thread the map does not know.
 
 Keys are tids as the initial pid namespace numbers them: a supervisor in another pid
@@ -27,7 +29,8 @@ from mstack_bpf.linux.ffi import SyscallError
 
 log = logging.getLogger("mstack.supervisor")
 
-_MODES = {"tp_btf": ("btf_fork", "btf_exit"), "raw_tp": ("raw_fork", "raw_exit")}
+_MODES = {"tp_btf": ("btf_fork", "btf_exit", "btf_exec"),
+          "raw_tp": ("raw_fork", "raw_exit", "raw_exec")}
 
 
 def object_path() -> Path:

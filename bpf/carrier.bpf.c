@@ -25,6 +25,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* entries as tables are set: not 5 MB per tree */
 	__type(key, __u32);
 	__type(value, __u32);
 } tables SEC(".maps");

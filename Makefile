@@ -60,7 +60,7 @@ demo: install
 bench: install
 	@dpkg -s umview >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umview >/dev/null
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PREFIX)/bin/pip install -q matplotlib
-	$(PY) bench/run.py
+	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) bench/run.py
 
 clean:
 	rm -rf build *.egg-info tests/bin mstack_bpf/linux/*.so

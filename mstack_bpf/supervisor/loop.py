@@ -163,13 +163,14 @@ class Supervisor:
                 self._caller() if fast else NO_CALLER)
             if restore_err:
                 self.injector.restore_failed(self._fast_tid, restore_err)
-            if served is Served.NOTIFICATION:
+            if served in (Served.NOTIFICATION, Served.BOTH):
                 self._handle(self.listener.notif)
             elif served is Served.TIMED_OUT and tick:
                 tick()
             elif served is Served.HUNG_UP:
                 return
-            for fd, _events in poller.poll(0) if served is Served.OTHER_READY else ():
+            others = served in (Served.OTHER_READY, Served.BOTH)
+            for fd, _events in poller.poll(0) if others else ():
                 if not _safely(handlers[fd]):
                     poller.unregister(fd)
                     del handlers[fd]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 
 import pytest
 
-from tests.conftest import COOKIE_SOURCE, PYTHON, Netns, mstack, needs_root
+from tests.conftest import COOKIE_SOURCE, MSTACK, PYTHON, Netns, mstack, needs_ebpf, needs_root
 
 pytestmark = needs_root
 
@@ -131,3 +132,43 @@ print(json.dumps(sorted(set(cookies)) + [len(cookies)]))
     cp = mstack(KEEP, "-o", "ip", netns.name, PYTHON, "-c", program)
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout) == [netns.cookie, 45]
+
+
+STORM = """
+import json, os, socket, sys, time
+listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listening.bind(b"\\0mstack-storm-%d" % os.getpid())
+listening.listen(1)
+listening.setblocking(False)
+pid = os.fork()
+if pid == 0:  # accept() is traced (-vv) but no filter sees it: events without calls
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        for _ in range(1000):
+            try:
+                listening.accept()
+            except BlockingIOError:
+                pass
+    os._exit(0)
+time.sleep(0.3)
+waits = []
+for _ in range(5):
+    start = time.monotonic()
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    waits.append(time.monotonic() - start)
+os.waitpid(pid, 0)
+print(json.dumps(waits))
+"""
+
+
+@needs_ebpf
+def test_a_stream_of_traced_events_does_not_starve_the_callers(netns: Netns) -> None:
+    """Under -vv a child loops on non-blocking accept() for 4 s: each one is an event in
+    the report's ring buffer, which the supervisor polls beside the listener. The parent's
+    sockets meanwhile (the first one Python's, the next the C loop's) must not wait for the
+    storm to end: one call is taken between two drains of the ring buffer."""
+    cp = subprocess.run([MSTACK, "-vv", KEEP, "-o", "4", netns.name, PYTHON, "-c", STORM, "4"],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60)
+    assert cp.returncode == 0
+    waits = json.loads(cp.stdout)
+    assert max(waits) < 2, waits  # starved: the first waits for the whole storm (4 s)

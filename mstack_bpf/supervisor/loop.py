@@ -195,8 +195,8 @@ class Supervisor:
 
     def _made_for(self, tid: int) -> None:
         """Python made a socket for ``tid``: the C loop may make its next ones."""
-        if tid == self._fast_tid:
-            return
+        if tid == self._fast_tid and (self._fast_pidfd < 0 or _alive(self._fast_pidfd)):
+            return  # (a pidfd of a task gone names no other: the tid reused gets a new one)
         if self._fast_pidfd >= 0:
             os.close(self._fast_pidfd)
         self._fast_tid = tid
@@ -527,6 +527,14 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        pidfd_mod.task_ids(pidfd)
+    except OSError as e:
+        return e.errno != errno.ESRCH  # reaped (a kernel without PIDFD_GET_INFO: no matter)
+    return True
 
 
 def _lives_in(tid: int, ino: int) -> bool:

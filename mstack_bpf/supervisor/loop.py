@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import select
+import signal
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -530,10 +531,11 @@ class Supervisor:
 
 
 def _alive(pidfd: int) -> bool:
+    """Whether the task behind ``pidfd`` has not exited (signal 0 sends nothing)."""
     try:
-        pidfd_mod.task_ids(pidfd)
+        signal.pidfd_send_signal(pidfd, 0)
     except OSError as e:
-        return e.errno != errno.ESRCH  # reaped (a kernel without PIDFD_GET_INFO: no matter)
+        return e.errno != errno.ESRCH  # EPERM: there, but not ours to signal
     return True
 
 

@@ -82,6 +82,7 @@ enum outcome {
 	OTHER_READY = 1,	/* one of the other descriptors is ready */
 	TIMED_OUT = 2,
 	HUNG_UP = 3,		/* the listener: every caller is gone */
+	BOTH = 4,		/* a call for Python, and another descriptor is ready too */
 };
 
 static const struct answer *lookup(const struct answer *answers, Py_ssize_t count,
@@ -156,8 +157,10 @@ PyDoc_STRVAR(serve_doc,
 "\n"
 "Wait on the listener and the descriptors `others`; answer every call found in `answers`\n"
 "(packed struct answer), until a call without an answer is received into the struct\n"
-"seccomp_notif at notif_address (outcome 0), another descriptor is ready (1), timeout_ms\n"
-"passed with nothing (2; negative: no timeout), or the listener hung up (3). errno is\n"
+"seccomp_notif at notif_address (outcome 0; 4: and another descriptor is ready too),\n"
+"another descriptor is ready (1), timeout_ms passed with nothing (2; negative: no timeout),\n"
+"or the listener hung up (3). At most one call is taken between two looks at the other\n"
+"descriptors. errno is\n"
 "non-zero (outcome -1) for a RECV or SEND that failed otherwise than the caller being\n"
 "gone; `answered` counts the calls answered here; restore_errno is the last failure to give\n"
 "a narrowed caller its CPUs back. `context`: (ns, tid, pidfd, check_ids, fsuid, fsgid,\n"
@@ -208,14 +211,17 @@ static PyObject *serve(PyObject *self, PyObject *args)
 
 		Py_BEGIN_ALLOW_THREADS
 		for (;;) {
+			int others = 0;
+
 			ready = poll(fds, (nfds_t)nfds + 1, timeout_ms);
 			if (ready <= 0)
 				break;	/* timeout, or EINTR: signals are Python's */
 			for (Py_ssize_t i = 1; i <= nfds; i++)
 				if (fds[i].revents)
-					outcome = OTHER_READY;	/* first: a stream of calls must not starve them */
-			if (outcome == OTHER_READY)
-				break;
+					others = 1;
+			/* At most one call between two looks at the others, either way: a stream of
+			 * calls must not starve them, nor a stream of events (the -v report's ring
+			 * buffer, filled by calls no filter sees) the callers. */
 			if (fds[0].revents & POLLIN) {
 				const struct answer *a;
 				struct seccomp_notif_resp resp;
@@ -223,24 +229,24 @@ static PyObject *serve(PyObject *self, PyObject *args)
 				memset(notif, 0, sizeof *notif);
 				if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, notif) != 0) {
 					if (errno == ENOENT || errno == EINTR)
-						continue;	/* the caller went before we looked */
+						goto next;	/* the caller went before we looked */
 					err = errno;
 					break;
 				}
 				a = lookup((const struct answer *)answers.buf, count, notif);
 				if (a != NULL && a->action == CREATE) {
 					if (a->ns != ctx.ns || !as_ours(&ctx, (int)notif->pid)) {
-						outcome = NOTIFICATION;	/* not ours to make: Python's */
+						outcome = others ? BOTH : NOTIFICATION;	/* not ours: Python's */
 						break;
 					}
 					err = create(listener, &ctx, notif, a, &restore_err);
 					if (err)
 						break;
 					answered++;
-					continue;
+					goto next;
 				}
 				if (a == NULL) {
-					outcome = NOTIFICATION;
+					outcome = others ? BOTH : NOTIFICATION;
 					break;
 				}
 				memset(&resp, 0, sizeof resp);
@@ -259,14 +265,18 @@ static PyObject *serve(PyObject *self, PyObject *args)
 				if (err)
 					break;
 				answered++;
-				continue;
-			}
-			if (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) {
-				outcome = HUNG_UP;
+			} else if (!others) {
+				if (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL))
+					outcome = HUNG_UP;
+				else
+					outcome = OTHER_READY;	/* nothing we know of: Python looks */
 				break;
 			}
-			outcome = OTHER_READY;	/* nothing we know of: Python looks */
-			break;
+next:
+			if (others) {
+				outcome = OTHER_READY;
+				break;
+			}
 		}
 		if (ready < 0 && errno != EINTR)
 			err = errno;

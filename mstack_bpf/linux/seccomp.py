@@ -257,6 +257,7 @@ class Served(enum.IntEnum):
     OTHER_READY = 1
     TIMED_OUT = 2
     HUNG_UP = 3
+    BOTH = 4  # a call in :attr:`Listener.notif`, and one of the others is ready too
 
 
 class Listener:
@@ -283,7 +284,8 @@ class Listener:
         """Wait for calls and for ``others`` (up to 16 fds), answering every call found in
         ``answers`` (:attr:`Answers.packed`) in C; return what needs Python, and the errno
         (0: none) of the last failure to give a narrowed caller its CPUs back. After
-        :attr:`Served.NOTIFICATION` the call is in :attr:`notif`, as :meth:`recv` leaves it.
+        :attr:`Served.NOTIFICATION` (or :attr:`Served.BOTH`) the call is in :attr:`notif`, as
+        :meth:`recv` leaves it.
         ``timeout_ms`` < 0: no timeout."""
         outcome, err, _answered, restore_err = _fastpath.serve(
             self.fd, self._notif_at, others, timeout_ms, answers, caller)

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import select
+import signal
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,13 +164,14 @@ class Supervisor:
                 self._caller() if fast else NO_CALLER)
             if restore_err:
                 self.injector.restore_failed(self._fast_tid, restore_err)
-            if served is Served.NOTIFICATION:
+            if served in (Served.NOTIFICATION, Served.BOTH):
                 self._handle(self.listener.notif)
             elif served is Served.TIMED_OUT and tick:
                 tick()
             elif served is Served.HUNG_UP:
                 return
-            for fd, _events in poller.poll(0) if served is Served.OTHER_READY else ():
+            others = served in (Served.OTHER_READY, Served.BOTH)
+            for fd, _events in poller.poll(0) if others else ():
                 if not _safely(handlers[fd]):
                     poller.unregister(fd)
                     del handlers[fd]
@@ -194,8 +196,8 @@ class Supervisor:
 
     def _made_for(self, tid: int) -> None:
         """Python made a socket for ``tid``: the C loop may make its next ones."""
-        if tid == self._fast_tid:
-            return
+        if tid == self._fast_tid and (self._fast_pidfd < 0 or _alive(self._fast_pidfd)):
+            return  # (a pidfd of a task gone names no other: the tid reused gets a new one)
         if self._fast_pidfd >= 0:
             os.close(self._fast_pidfd)
         self._fast_tid = tid
@@ -527,6 +529,15 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _alive(pidfd: int) -> bool:
+    """Whether the task behind ``pidfd`` has not exited (signal 0 sends nothing)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError as e:
+        return e.errno != errno.ESRCH  # EPERM: there, but not ours to signal
+    return True
 
 
 def _lives_in(tid: int, ino: int) -> bool:

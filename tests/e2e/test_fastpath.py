@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import uuid
 
 import pytest
 
-from tests.conftest import COOKIE_SOURCE, PYTHON, Netns, mstack, needs_root
+from tests.conftest import COOKIE_SOURCE, MSTACK, PYTHON, Netns, mstack, needs_ebpf, needs_root
 
 pytestmark = needs_root
 
@@ -131,3 +133,95 @@ print(json.dumps(sorted(set(cookies)) + [len(cookies)]))
     cp = mstack(KEEP, "-o", "ip", netns.name, PYTHON, "-c", program)
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout) == [netns.cookie, 45]
+
+
+STORM = """
+import json, os, socket, sys, time
+listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listening.bind(b"\\0mstack-storm-%d" % os.getpid())
+listening.listen(1)
+listening.setblocking(False)
+pid = os.fork()
+if pid == 0:  # accept() is traced (-vv) but no filter sees it: events without calls
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        for _ in range(1000):
+            try:
+                listening.accept()
+            except BlockingIOError:
+                pass
+    os._exit(0)
+time.sleep(0.3)
+waits = []
+for _ in range(5):
+    start = time.monotonic()
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    waits.append(time.monotonic() - start)
+os.waitpid(pid, 0)
+print(json.dumps(waits))
+"""
+
+
+@needs_ebpf
+def test_a_stream_of_traced_events_does_not_starve_the_callers(netns: Netns) -> None:
+    """Under -vv a child loops on non-blocking accept() for 4 s: each one is an event in
+    the report's ring buffer, which the supervisor polls beside the listener. The parent's
+    sockets meanwhile (the first one Python's, the next the C loop's) must not wait for the
+    storm to end: one call is taken between two drains of the ring buffer."""
+    cp = subprocess.run([MSTACK, "-vv", KEEP, "-o", "4", netns.name, PYTHON, "-c", STORM, "4"],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60)
+    assert cp.returncode == 0
+    waits = json.loads(cp.stdout)
+    assert max(waits) < 2, waits  # starved: the first waits for the whole storm (4 s)
+
+
+REUSE = """
+import ctypes, json, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def sockets():
+    for _ in range(3):
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+def supervisor_pidfds():
+    \"\"\"The pids (fdinfo) of the pidfds our supervisor holds; -1: a task gone.\"\"\"
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if sys.argv[1].encode() not in open(f"/proc/{pid}/cmdline", "rb").read() or (
+                    open(f"/proc/{pid}/comm").read().strip() != "mstack-sv"):
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if "pidfd" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    info = open(f"/proc/{pid}/fdinfo/{fd}").read()
+                    out.append(int(info.split("Pid:")[1].split()[0]))
+        except OSError:
+            continue
+    return out
+first = os.fork()
+if first == 0:
+    sockets()
+    os._exit(0)
+os.waitpid(first, 0)
+# clone3(set_tid): a process of the tid of the one gone (struct clone_args: exit_signal,
+# set_tid, set_tid_size)
+tid = (ctypes.c_int * 1)(first)
+args = bytearray(struct.pack("=11Q", 0, 0, 0, 0, 17, 0, 0, 0, ctypes.addressof(tid), 1, 0))
+pid = libc.syscall(435, (ctypes.c_char * len(args)).from_buffer(args), len(args))
+if pid == 0:
+    sockets()
+    print(json.dumps([os.getpid() == first, supervisor_pidfds()]), flush=True)
+    os._exit(0)
+assert pid == first, ctypes.get_errno()
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_reused_tid_gets_a_pidfd_of_its_own(netns: Netns) -> None:
+    """A process makes sockets and exits; another one gets its tid (clone3 with set_tid)
+    and makes sockets too. The supervisor then holds no pidfd of the one gone: the C loop
+    can serve the new one (a stale pidfd would send its every socket to Python)."""
+    marker = f"reuse-{uuid.uuid4().hex}"
+    cp = mstack(KEEP, "-o", "4", netns.name, PYTHON, "-c", REUSE, marker)
+    assert cp.returncode == 0, cp.stderr
+    reused, pids = json.loads(cp.stdout)
+    assert reused
+    assert pids and -1 not in pids, pids

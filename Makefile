@@ -37,11 +37,11 @@ build: venv
 	@if [ -f bpf/Makefile ]; then $(MAKE) -s -C bpf; fi
 	@# the compiled module also next to its sources: the tests import the tree, not the install
 	@mkdir -p build && $(PY) setup.py -q build_ext --inplace >build/ext.log 2>&1 || \
-	  { cat build/ext.log >&2; echo "building mstack_bpf/linux/_colocate.c failed" >&2; exit 1; }
+	  { cat build/ext.log >&2; echo "building the C modules of mstack_bpf/linux failed" >&2; exit 1; }
 
 install: venv build
 	@$(PREFIX)/bin/pip install -q --disable-pip-version-check '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@cd / && $(PY) -c 'import mstack_bpf.linux._colocate' || { echo "install failed" >&2; exit 1; }
+	@cd / && $(PY) -c 'import mstack_bpf.linux._colocate, mstack_bpf.linux._fastpath' || { echo "install failed" >&2; exit 1; }
 	@for cmd in mstack mstack-trace mstack-stack mstack-agent; do \
 	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
 	@mkdir -p $(MANDIR) $(MAN5DIR) $(MAN8DIR) $(INCDIR) $(SHAREDIR)/policy
@@ -70,7 +70,7 @@ demo: install
 bench: install
 	@dpkg -s umview >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umview >/dev/null
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PREFIX)/bin/pip install -q matplotlib
-	$(PY) bench/run.py
+	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) bench/run.py
 
 clean:
 	rm -rf build *.egg-info tests/bin mstack_bpf/linux/*.so

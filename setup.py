@@ -1,8 +1,9 @@
-"""The one compiled module (the rest is in pyproject.toml): see mstack_bpf/linux/_colocate.c."""
+"""The compiled modules (the rest is in pyproject.toml): the supervisor's two hot paths,
+mstack_bpf/linux/_colocate.c and mstack_bpf/linux/_fastpath.c."""
 
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
-    "mstack_bpf.linux._colocate", ["mstack_bpf/linux/_colocate.c"],
+    f"mstack_bpf.linux.{name}", [f"mstack_bpf/linux/{name}.c"],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
-)])
+) for name in ("_colocate", "_fastpath")])

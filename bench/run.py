@@ -65,7 +65,7 @@ def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 def build() -> None:
     BIN.mkdir(exist_ok=True)
     targets = (("workload.c", "workload", False), ("workload.c", "workload.static", True),
-               ("allowall.c", "allowall", False))
+               ("allowall.c", "allowall", False), ("notifybound.c", "notifybound", False))
     for src, out, static in targets:
         args = ["cc", "-O2", "-o", str(BIN / out), str(HERE / src)]
         if static:
@@ -130,18 +130,22 @@ def per_call(rows: list[Row], ns: str, ns2: str) -> None:
         ("native family, mstack --lock -o 6 null", [*m, "--lock", "-o", "6", "null"],
          ("socket", "2")),
         ("native family, mstack -o 6 NS (CONTINUE)", [*m, "-o", "6", ns], ("socket", "2")),
+        ("CONTINUE from a minimal C supervisor (the bound)", [str(BIN / "notifybound"),
+                                                              "continue"], ("socket", "2")),
         ("null family, mstack --lock -o 4 null", [*m, "--lock", "-o", "4", "null"],
          ("socket", "2")),
         ("null family, mstack -o 4 null", [*m, "-o", "4", "null"], ("socket", "2")),
         ("redirected, mstack --keep-namespace -o 4 NS", [*m, KEEP, "-o", "4", ns],
          ("socket", "2")),
+        ("redirected by a minimal C supervisor: socket(), ADDFD with SEND (the bound)",
+         [str(BIN / "notifybound"), "inject"], ("socket", "2")),
         ("redirected, mstack --keep-namespace --no-colocate -o 4 NS (the scheduler's own "
          "placement)", [*m, KEEP, "--no-colocate", "-o", "4", ns], ("socket", "2")),
         ("redirected, supervisor and command on one CPU (taskset -c 1)",
          ["taskset", "-c", "1", *m, KEEP, "-o", "4", ns], ("socket", "2")),
         ("redirected, both CPUs kept busy (nice-19 spinners: no idle wake-ups)",
          ["busy", *m, KEEP, "-o", "4", ns], ("socket", "2")),
-        ("redirected, own table (nested mstack: marker lookup)",
+        ("redirected, own table (nested mstack: table lookup)",
          [*m, KEEP, "-o", "4", ns, *m, KEEP, "-o", "4", ns2], ("socket", "2")),
         ("redirected via msocket(NS)", [*m, "-o", "6", ns], ("msocket", f"/run/netns/{ns}", "2")),
         ("native family, mstack -v --lock -o 6 null (eBPF tracing on)",
@@ -175,9 +179,13 @@ def home(rows: list[Row], ns: str) -> None:
         (HOME, "mstack --lock -o ip NS (the kernel's own, under the filter)",
          [*m, "--lock", "-o", "ip", ns], ("socket", "2")),
         (HOME, "mstack -o ip NS (CONTINUE)", [*m, "-o", "ip", ns], ("socket", "2")),
+        (HOME, "ip netns exec NS + CONTINUE from a minimal C supervisor (the bound)",
+         ["ip", "netns", "exec", ns, str(BIN / "notifybound"), "continue"], ("socket", "2")),
         (UNIX, "native", [], ("socket", "1")),
         (UNIX, "mstack -o ip NS (redirected to where mstack started)",
          [*m, "-o", "ip", ns], ("socket", "1")),
+        (UNIX, "redirected by a minimal C supervisor (the bound)",
+         [str(BIN / "notifybound"), "inject"], ("socket", "1")),
     ]
     # Rounds interleaved across variants, as for getpid: drift lands on every variant alike.
     results: dict[str, list[tuple[float, float]]] = {v[1]: [] for v in variants}
@@ -348,6 +356,16 @@ def ratios(rows: list[Row]) -> None:
         for row in rows:
             if row.group == group and row.name.startswith("mstack"):
                 row.note = f"{allow.median_ns / row.median_ns:.3f} of allow-all"
+    # the least any supervisor can cost: the minimal C one (bench/notifybound.c)
+    for row in rows:
+        kind = "CONTINUE" if "CONTINUE" in row.name else "redirected"
+        if "mstack" not in row.name or kind not in row.name or "minimal C" in row.name:
+            continue
+        bound = next((r for r in rows if r.group == row.group and "minimal C" in r.name
+                      and (kind == "CONTINUE") == ("CONTINUE" in r.name)), None)
+        if bound is not None:
+            note = f"{bound.median_ns / row.median_ns:.3f} of the C bound"
+            row.note = f"{row.note}; {note}" if row.note else note
 
 
 def table(rows: list[Row]) -> str:
@@ -413,23 +431,35 @@ README_BOUNDS = """\
 - **Without `--lock`** every socket call reaches the supervisor, so that a nested mstack can
   still change its family: a native family is answered with CONTINUE and a null one with an
   errno, both with `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, which keeps the round trip on one CPU.
-- **A redirected `socket()`** is a round trip to the Python supervisor: `NOTIF_RECV`, the
-  caller's owner ids (one `PIDFD_GET_INFO`), `socket()` inside the stack, `ADDFD` and the
-  reply. `ADDFD` wakes the caller without the synchronous flag, so with the scheduler's own
+  The supervisor waits and answers in C (`linux/_fastpath.c`): a call whose answer its
+  registers decide, met before, never reaches Python. The bound is a minimal supervisor in C
+  (`bench/notifybound.c`) that answers every `socket()` with CONTINUE: the kernel's round
+  trip plus nothing.
+- **A redirected `socket()`** is a round trip to the supervisor: `NOTIF_RECV`, the caller's
+  owner ids and cgroup (one `PIDFD_GET_INFO`), `socket()` inside the stack, `ADDFD` and the
+  reply. The first of a caller's sockets goes through Python; while the same thread repeats,
+  the C loop makes the next ones itself, as long as the caller's ids and cgroup are the
+  supervisor's (else Python switches to them). The bound is the minimal C supervisor making
+  the socket in its own namespace and injecting it with one `ADDFD` with SEND.
+  `ADDFD` wakes the caller without the synchronous flag, so with the scheduler's own
   placement (the `--no-colocate` row) every round trip crosses CPUs and, on an idle VM, waits
   for a halted vCPU to wake. Co-location (docs/design.md, "CPU placement") keeps the round
   trip on one CPU; it pays two more process switches, one `SEND` and three affinity calls so
   that the caller never sees its narrowed affinity, which the row with supervisor and
   command pinned to one CPU by the user (`taskset`) does not need. The row with both CPUs
   kept busy shows the round trip without idle wake-ups. A per-process default table (the
-  nested-mstack row) adds a check of the caller's marker (one `kcmp()`). msocket with a path
+  nested-mstack row) is looked up in the eBPF carrier's map where eBPF runs (one `bpf()`
+  call), else by a check of the caller's marker (one `kcmp()`), and keeps every call in
+  Python. msocket with a path
   reads, resolves and checks the path at every call, in the slow lane.
 - **In a home stack** (the command lives in the stack of its IP families, docs/design.md,
   "Native"): under `--lock` an AF_INET `socket()` is the kernel's own, against the same loop
   under `ip netns exec`, and what is left is the filter's entry cost; without the lock it is
-  one CONTINUE round trip. AF_UNIX, left native, is redirected to where mstack started: the
-  supervisor's round trip, against a native AF_UNIX `socket()`. The redirected rows above
-  run with `--keep-namespace`, which keeps the IP families on that path.
+  one CONTINUE round trip, against the same loop under `ip netns exec` with the minimal C
+  supervisor. AF_UNIX, left native, is redirected to where mstack started: the supervisor's
+  round trip, against a native AF_UNIX `socket()` and the minimal C supervisor. The
+  redirected rows above run with `--keep-namespace`, which keeps the IP families on that
+  path.
 - **TCP throughput** of a redirected socket is the kernel's: it is an ordinary socket of the
   stack. Each `write()` pays the seccomp entry path, exactly as under the allow-all filter,
   which is the bound for the 128-byte rows. With 64 KiB writes the system calls are few

@@ -13,7 +13,7 @@
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct pt_regs {
-	unsigned long bx, cx, dx, si, di, r10, orig_ax;
+	unsigned long bx, cx, dx, si, di, r8, r9, r10, orig_ax;
 };
 
 struct thread_info {

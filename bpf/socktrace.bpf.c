@@ -57,6 +57,17 @@ struct {
 	__type(value, __u32);
 } traced SEC(".maps");
 
+/* mstack's own processes: tgid -> 1. A launcher that marked itself (see
+ * socktrace_config.self_mark), and every process it forks (its supervisor, the supervisor's
+ * helpers); an exec ends it (the launcher becomes the user's COMMAND). User space may add
+ * tgids it knows are mstack's. Their events carry SOCKTRACE_F_MSTACK. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} own SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -248,6 +259,8 @@ static __always_inline int decode(struct pt_regs *regs, long nr, struct task_str
 	case NR_MSOCKET:
 		/* msocket(path, domain, type, protocol): one register further along. */
 		a->call = SOCKTRACE_MSOCKET;
+		if (BPF_CORE_READ(regs, di))
+			a->flags |= SOCKTRACE_F_PATH;
 		a->family = (int)BPF_CORE_READ(regs, si);
 		a->type = (int)BPF_CORE_READ(regs, dx);
 		a->protocol = (int)BPF_CORE_READ(regs, r10);
@@ -270,6 +283,20 @@ static __always_inline void count_drop(void)
 		*n += 1;
 }
 
+/* An mstack launcher marking itself: msocket with the configured two values in its 5th
+ * and 6th arguments (which the call itself ignores). */
+static __always_inline void check_self_mark(struct pt_regs *regs, __u32 tgid)
+{
+	struct socktrace_config *c = get_config();
+	__u32 one = 1;
+
+	if (!c || !(c->self_mark[0] | c->self_mark[1]))
+		return;
+	if ((__u64)BPF_CORE_READ(regs, r8) == c->self_mark[0] &&
+	    (__u64)BPF_CORE_READ(regs, r9) == c->self_mark[1])
+		bpf_map_update_elem(&own, &tgid, &one, BPF_ANY);
+}
+
 static __always_inline int on_sys_exit(struct pt_regs *regs, long nr, long ret)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -277,12 +304,18 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long nr, long ret)
 	struct socktrace_event *e;
 	struct sock *sk = NULL;
 	__u64 pid_tgid;
+	__u32 tgid;
 
 	if (decode(regs, nr, task, &a))
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_traced(pid_tgid >> 32))
+	tgid = pid_tgid >> 32;
+	if (a.call == SOCKTRACE_MSOCKET && !(a.flags & SOCKTRACE_F_IA32))
+		check_self_mark(regs, tgid);
+	if (!is_traced(tgid))
 		return 0;
+	if (bpf_map_lookup_elem(&own, &tgid))
+		a.flags |= SOCKTRACE_F_MSTACK;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_drop();
@@ -335,8 +368,21 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	__u32 one = 1;
 
-	if (ptgid != ctgid && filter_on() && bpf_map_lookup_elem(&traced, &ptgid))
+	if (ptgid == ctgid)
+		return 0;
+	if (filter_on() && bpf_map_lookup_elem(&traced, &ptgid))
 		bpf_map_update_elem(&traced, &ctgid, &one, BPF_ANY);
+	if (bpf_map_lookup_elem(&own, &ptgid))
+		bpf_map_update_elem(&own, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+/* A process that execs is no longer mstack's: the launcher has become COMMAND. */
+static __always_inline int on_exec(struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	bpf_map_delete_elem(&own, &tgid);
 	return 0;
 }
 
@@ -346,8 +392,10 @@ static __always_inline int on_exit(struct task_struct *task)
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 
 	/* do_exit() drops signal->live before this tracepoint: 0 means the group is dead. */
-	if (BPF_CORE_READ(task, signal, live.counter) == 0)
+	if (BPF_CORE_READ(task, signal, live.counter) == 0) {
 		bpf_map_delete_elem(&traced, &tgid);
+		bpf_map_delete_elem(&own, &tgid);
+	}
 	return 0;
 }
 
@@ -371,7 +419,13 @@ int BPF_PROG(btf_exit, struct task_struct *task)
 	return on_exit(task);
 }
 
-/* The same three through raw tracepoints, for kernels whose tp_btf attach fails. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(btf_exec, struct task_struct *task, int old_pid, void *bprm)
+{
+	return on_exec(task);
+}
+
+/* The same four through raw tracepoints, for kernels whose tp_btf attach fails. */
 SEC("raw_tp/sys_exit")
 int BPF_PROG(raw_sys_exit, struct pt_regs *regs, long ret)
 {
@@ -388,4 +442,10 @@ SEC("raw_tp/sched_process_exit")
 int BPF_PROG(raw_exit, struct task_struct *task)
 {
 	return on_exit(task);
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(raw_exec, struct task_struct *task, int old_pid, void *bprm)
+{
+	return on_exec(task);
 }

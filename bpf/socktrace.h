@@ -20,7 +20,9 @@ enum socktrace_call {
 };
 
 /* Event flags. */
-#define SOCKTRACE_F_IA32 0x1 /* i386 ABI (int 0x80), socket/socketcall */
+#define SOCKTRACE_F_IA32 0x1   /* i386 ABI (int 0x80), socket/socketcall */
+#define SOCKTRACE_F_MSTACK 0x2 /* made by mstack itself (its launcher, supervisor, helpers) */
+#define SOCKTRACE_F_PATH 0x4   /* msocket named a stack (path != NULL) */
 
 struct socktrace_event {
 	__u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -44,6 +46,9 @@ struct socktrace_event {
 struct socktrace_config {
 	__u32 filter;       /* 1: trace only the tgids in map `traced`; 0: every process */
 	__u32 wakeup_bytes; /* wake the reader once this much is queued; 0: at every event */
+	/* mstack's launcher marks itself with msocket (-5) carrying these two values in its
+	 * 5th and 6th arguments (mstack_bpf/core/abi.py, SELF_MARK); 0, 0: no marking */
+	__u64 self_mark[2];
 };
 
 _Static_assert(sizeof(struct socktrace_event) == SOCKTRACE_EVENT_SIZE,

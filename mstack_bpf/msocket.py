@@ -22,11 +22,13 @@ class NotUnderMstack(OSError):
     """The virtual msocket call answered ENOSYS: no mstack supervisor is listening."""
 
 
-def call(stack: str | bytes | None, family: int, sock_type: int, proto: int) -> int:
-    """The virtual msocket call; :class:`NotUnderMstack` where no supervisor answers it."""
+def call(stack: str | bytes | None, family: int, sock_type: int, proto: int,
+         mark: tuple[int, int] = (0, 0)) -> int:
+    """The virtual msocket call; :class:`NotUnderMstack` where no supervisor answers it.
+    ``mark``: see :func:`mstack_bpf.linux.sockets.msocket`."""
     path = None if stack is None else os.fsencode(stack)
     try:
-        return sockets.msocket(path, family, sock_type, proto)
+        return sockets.msocket(path, family, sock_type, proto, mark)
     except SyscallError as e:
         if e.errno == errno.ENOSYS:
             raise NotUnderMstack(e.errno, "msocket: not running under mstack (call -5 says "

@@ -65,8 +65,8 @@ show ip netns exec "$STACK" curl -s -o /dev/null -w "inside the stack: HTTP %{ht
 show curl -s -m 2 -o /dev/null -w "from the host: HTTP %{http_code}\n" "http://127.0.0.1:$PORT/"
 show mstack -o ip "$STACK" curl -s -o /dev/null -w "mstack client: HTTP %{http_code}\n" "http://127.0.0.1:$PORT/"
 show mstack -o ip "$STACK" ss -tln
-say "exec mstack null bash   # in a shell: the same PID, no network"
-bash -c 'echo "  shell pid $$"; exec mstack null bash -c "echo \"  after exec: pid \$\$\"; ip -br addr 2>&1 | sed \"s/^/  /\""'
+say "exec mstack -o all,-unix null bash   # in a shell: the same PID, no network (AF_UNIX stays)"
+bash -c 'echo "  shell pid $$"; exec mstack -o all,-unix null bash -c "echo \"  after exec: pid \$\$\"; ip -br addr 2>&1 | sed \"s/^/  /\""'
 say "mstack --lock -o ip null bash -c 'mstack -o ip $STACK true'   # a lock holds"
 mstack --lock -o ip null bash -c "mstack -o ip $STACK true" || true
 if mstack -v -o ip "$STACK" true 2>&1 | grep -q "SOCKETS"; then

@@ -16,7 +16,11 @@ SKIP_TESTS="${SKIP_TESTS:-0}"
 PREFIX_NS="mstack-prov-"
 NS="${PREFIX_NS}$$"
 PORT=8080
-PY=/opt/mstack/bin/python
+# where to install (make's PREFIX and BINDIR): the defaults, unless the caller says (make test
+# passes its own on as MSTACK_PREFIX and MSTACK_BINDIR, so a second install is tested alone)
+PREFIX="${MSTACK_PREFIX:-/opt/mstack}"
+BINDIR="${MSTACK_BINDIR:-/usr/local/bin}"
+PY="$PREFIX/bin/python"
 server=""
 tmp=""
 
@@ -44,7 +48,7 @@ trap 'exit 129' HUP
 [ -f "$SRC/Makefile" ] && [ -d "$SRC/mstack_bpf" ] || die "$SRC is not an mstack checkout"
 SRC="$(cd "$SRC" && pwd)"
 export DEBIAN_FRONTEND=noninteractive
-export PATH="/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
+export PATH="$BINDIR:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 log "host: $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), $(nproc) CPUs"
 log "source: $SRC"
@@ -79,18 +83,18 @@ if ! command -v make >/dev/null; then
 fi
 
 log "make install"
-make -C "$SRC" --no-print-directory install
+make -C "$SRC" --no-print-directory install PREFIX="$PREFIX" BINDIR="$BINDIR"
 mstack --version
 
 if [ "$SKIP_TESTS" = "1" ]; then
     log "make test skipped (SKIP_TESTS=1)"
 else
     log "make test"
-    make -C "$SRC" --no-print-directory test
+    make -C "$SRC" --no-print-directory test PREFIX="$PREFIX" BINDIR="$BINDIR"
 fi
 
 log "make demo"
-make -C "$SRC" --no-print-directory demo
+make -C "$SRC" --no-print-directory demo PREFIX="$PREFIX" BINDIR="$BINDIR"
 
 # The traced demo: a server inside a throwaway stack, a client whose IP sockets come from it.
 log "traced demo in throwaway stack $NS"
@@ -123,8 +127,9 @@ awk -v ns="$NS" '$1 == "mstack:" && $2 == "ipv4" && $3 == ns && $4 + 0 >= 1 { ok
                  END { exit !ok }' <<<"$out" \
     || die "no eBPF socket table row 'ipv4 $NS >=1' (is eBPF available? see the lines above)"
 
-printf '\n$ mstack-trace --json -- mstack -o ip %s curl -s -o /dev/null %s\n' "$NS" "$URL"
-mstack-trace --json -- mstack -o ip "$NS" curl -s -o /dev/null "$URL" >"$tmp/trace.json" \
+printf '\n$ mstack-trace --json -o trace.json -- mstack -o ip %s curl -s -o /dev/null %s\n' \
+    "$NS" "$URL"
+mstack-trace --json -o "$tmp/trace.json" -- mstack -o ip "$NS" curl -s -o /dev/null "$URL" \
     || die "mstack-trace failed"
 "$PY" - "$tmp/trace.json" "$NS" <<'PY' || die "mstack-trace did not show curl's socket in $NS"
 import json

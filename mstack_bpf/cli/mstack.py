@@ -113,9 +113,6 @@ def mstack(families: tuple[str, ...], verbose: int, lock: bool, no_new_privs: bo
         mapping = mapping.locked_all()
     config = RunConfig(mapping, command, verbose, no_new_privs, open_stacks(mapping), chosen,
                        colocate=not no_colocate, keep_namespace=keep_namespace)
-    if verbose:
-        for line in mapping.describe():
-            click.echo(f"mstack: {line}", err=True)
     run(config)
 
 
@@ -202,9 +199,6 @@ def _run_policy(path: str, families: tuple[str, ...], verbose: int, lock: bool,
     config = RunConfig(mapping, command, verbose, no_new_privs or policy.no_new_privs, stacks,
                        ALL_FAMILIES, colocate=colocate,
                        keep_namespace=keep_namespace or policy.keep_namespace)
-    if verbose:
-        for line in mapping.describe():
-            click.echo(f"mstack: {line}", err=True)
     run(config)
 
 

@@ -18,7 +18,7 @@ import click
 from mstack_bpf.cli.common import fail
 from mstack_bpf.core.errors import MstackError
 from mstack_bpf.stacks import create, manage, paths, usernet
-from mstack_bpf.stacks.errors import InvalidName, ManageError
+from mstack_bpf.stacks.errors import InvalidName, ManageError, users_text
 
 EPILOG = """\b
 Examples:
@@ -166,7 +166,7 @@ def list_cmd(as_json: bool) -> None:
         st = i.state
         helpers = ",".join(f"{p.role}:{p.pid}" for p in st.procs) or "-"
         users = ",".join(f"{u.comm}:{u.pid}" for u in i.users) or "-"
-        owner = st.owner if i.live else f"{st.owner}(dead)"
+        owner = i.owner_name if i.live else f"{i.owner_name}(dead)"
         rows.append((st.name, i.kind, owner, ",".join(st.addresses) or "-", st.dns or "-",
                      helpers, users))  # fmt: skip
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
@@ -176,19 +176,30 @@ def list_cmd(as_json: bool) -> None:
 
 @main.command(name="del")
 @click.argument("name", type=NameType())
-def del_cmd(name: str) -> None:
-    """Remove stack NAME and everything it started (a missing stack is not an error)."""
+@click.option("--force", is_flag=True,
+              help="Remove it even while processes use it (their sockets keep it alive).")
+def del_cmd(name: str, force: bool) -> None:
+    """Remove stack NAME and everything it started (a missing stack is not an error).
+
+    Refused while a process lives in it, holds a socket in it or holds it open."""
     _refuse_unsafe_base(name)
     try:
-        manage.delete(name)
+        left = manage.delete(name, force=force)
     except (ManageError, OSError) as e:
         _fail(e)
+    if left:
+        click.echo(f"mstack-stack: removed {name!r} while in use by {users_text(left)}: "
+                   "their sockets keep the namespace alive until they close; the name is "
+                   "gone", err=True)
 
 
 @main.command()
 @click.argument("name", type=NameType())
 def dns(name: str) -> None:
-    """Print the resolver address that works from inside stack NAME."""
+    """Print the resolver address that works from inside stack NAME.
+
+    For a namespace mstack-stack did not make: the one it would use (/etc/netns/NAME/
+    resolv.conf, as ip netns exec binds it, else /etc/resolv.conf)."""
     _refuse_unsafe_base(name)
     try:
         addr = manage.dns(name)

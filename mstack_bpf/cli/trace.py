@@ -2,6 +2,10 @@
 
 The only place where tracing errors become messages and exit codes: 0 ok, 2 usage,
 125 failure (eBPF unavailable included); with COMMAND, COMMAND's own status.
+
+Where the events go, as strace(1) does it: ``-o FILE``; else stderr when tracing a
+COMMAND (whose own stdout stays its own: ``mstack-trace -- CMD | grep`` filters CMD's
+output), and stdout when tracing a PID or the whole machine (a filter's input).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import TextIO
 
 import click
 
@@ -29,7 +34,7 @@ from mstack_bpf.trace.summary import (
     format_table,
     summarize,
 )
-from mstack_bpf.trace.tracer import Tracer
+from mstack_bpf.trace.tracer import Tracer, running_mstack
 
 #: Events are delivered in batches; this bounds how late a line can appear.
 POLL_MS = 100
@@ -41,6 +46,8 @@ Examples:
     mstack-trace -- curl -s URL    # run COMMAND, trace its tree, exit with its status
     mstack-trace --json -p 181     # one JSON object per line
     mstack-trace -s -- make check  # also print a per-family table at the end
+    mstack-trace --json -o t.json -- curl -s URL     # events to t.json, curl's output to stdout
+    mstack-trace --json -o /dev/fd/3 -- CMD 3>&1 >&2 | jq .call   # events through jq
 """
 
 
@@ -50,6 +57,8 @@ class Options:
     as_json: bool
     summary: bool
     command: tuple[str, ...]
+    #: also mstack's own calls (its launcher, supervisor and helpers)
+    show_mstack: bool = False
 
 
 class _Stop:
@@ -63,30 +72,41 @@ class _Stop:
 
 
 class _Output:
-    def __init__(self, opts: Options) -> None:
+    """Events (and the -s table) to ``stream``."""
+
+    def __init__(self, opts: Options, stream: TextIO) -> None:
         self.opts = opts
+        self.stream = stream
         self.names = StackNames()
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.events: list[Event] = []
 
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+
     def header(self) -> None:
         if not self.opts.as_json:
-            print(EVENT_HEADER, flush=True)
+            self._line(EVENT_HEADER)
+            self.stream.flush()
 
     def emit(self, events: Sequence[Event]) -> None:
         for event in events:
+            if event.mstack and not self.opts.show_mstack:
+                continue
             if self.opts.summary:
                 self.events.append(event)
             if self.opts.as_json:
                 record = event_record(event, self.names, self.wall_offset_ns)
-                print(json.dumps(record, separators=(",", ":")))
+                self._line(json.dumps(record, separators=(",", ":")))
             else:
-                print(format_event(event, self.names, self.wall_offset_ns))
-        sys.stdout.flush()
+                own = "  [mstack]" if event.mstack else ""
+                self._line(format_event(event, self.names, self.wall_offset_ns) + own)
+        self.stream.flush()
 
     def finish(self, dropped: int) -> None:
         if self.opts.summary:
-            print(format_table(summarize(self.events, self.names)), file=sys.stderr)
+            self._line(format_table(summarize(self.events, self.names)))
+            self.stream.flush()
         if dropped:
             print(f"mstack-trace: {dropped} events lost (ring buffer full)", file=sys.stderr)
 
@@ -95,7 +115,7 @@ def _trace_pid(opts: Options, out: _Output) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    with Tracer(opts.pid) as tracer:
+    with Tracer(opts.pid, own_pids=running_mstack()) as tracer:
         out.header()
         while not stop.requested:
             out.emit(tracer.poll(POLL_MS))
@@ -179,30 +199,49 @@ def _trace_command(opts: Options, out: _Output) -> int:
 )
 @click.option("-p", "--pid", type=click.IntRange(min=1), help="Trace PID and its descendants.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")
-@click.option("-s", "--summary", is_flag=True, help="At the end, a per-family table on stderr.")
+@click.option("-s", "--summary", is_flag=True, help="At the end, a per-family table too.")
+@click.option("-o", "--output", "output", metavar="FILE",
+              help="Write the events to FILE (default: stderr with COMMAND, else stdout).")
+@click.option("--show-mstack", is_flag=True,
+              help="Also show mstack's own calls (its launcher, supervisor and helpers).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def cli(pid: int | None, as_json: bool, summary: bool, command: tuple[str, ...]) -> None:
+def cli(pid: int | None, as_json: bool, summary: bool, output: str | None, show_mstack: bool,
+        command: tuple[str, ...]) -> None:
     """Trace socket, socketpair, accept, accept4 and msocket calls, and show the stack
     (network namespace) each new socket lives in.
 
     Traces every process, or PID and its descendants, or COMMAND (run by mstack-trace)
     and its descendants. STACK is "native" for mstack-trace's own network namespace, the
-    "ip netns" name of a namespace under /run/netns, else netns:[INODE]. Needs root.
+    "ip netns" name of a namespace under /run/netns, else netns:[INODE]. mstack's own
+    calls are left out. Events go to FILE, else to stderr when tracing COMMAND (as strace
+    does: COMMAND's stdout stays its own), else to stdout. Needs root.
     """
     if pid is not None and command:
         raise click.UsageError("-p and COMMAND exclude each other")
-    opts = Options(pid, as_json, summary, command)
-    out = _Output(opts)
+    opts = Options(pid, as_json, summary, command, show_mstack)
+    try:
+        stream = _open_output(output, bool(command))
+    except OSError as exc:
+        click.echo(f"mstack-trace: cannot write {output}: {exc.strerror}", err=True)
+        sys.exit(EXIT_FAILED)
+    out = _Output(opts, stream)
     try:
         code = _trace_command(opts, out) if command else _trace_pid(opts, out)
     except BrokenPipeError:
         # The reader (head, less) went away: stop quietly, as a filter should.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
         code = 0
     except OSError as exc:
         click.echo(f"mstack-trace: {exc}", err=True)
         code = EXIT_FAILED
     sys.exit(code)
+
+
+def _open_output(path: str | None, command: bool) -> TextIO:
+    """Where events go: FILE (close-on-exec: COMMAND does not inherit it), or the default."""
+    if path is None:
+        return sys.stderr if command else sys.stdout
+    return open(path, "w", encoding="utf-8")  # noqa: SIM115 - open until the process exits
 
 
 def main() -> None:

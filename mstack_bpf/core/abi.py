@@ -16,6 +16,10 @@ SOCK_DEFAULT = 0  # msocket(2): set the default stack instead of creating a sock
 CLONE_NEWNS = 0x00020000
 
 MSOCKET_NR = -5 & 0xFFFFFFFF
+#: mstack's launcher marks itself for the socket tracer (bpf/socktrace.bpf.c): its first
+#: msocket call carries these in its 5th and 6th arguments, which msocket ignores. Its
+#: events, and those of every process it forks until one execs, are mstack's own.
+SELF_MARK = (0x6D737461636B2D6C, 0x61756E6368657221)
 X32_SYSCALL_BIT = 0x40000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000

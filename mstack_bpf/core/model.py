@@ -81,13 +81,14 @@ class Mapping:
 
     def describe(self) -> list[str]:
         """One line per group of families sharing a stack, for ``-v``; the largest group of
-        a long table reads "all other families"."""
+        a long table reads "all other families" and comes last."""
         groups: dict[tuple[Stack, bool], list[int]] = {}
         for family in sorted(ALL_FAMILIES):
             key = (self.stack_of(family), family in self.locked)
             groups.setdefault(key, []).append(family)
         largest = max(groups, key=lambda k: len(groups[k]))
-        lines = []
+        lines: list[str] = []
+        general: list[str] = []
         for (stack, locked), families in groups.items():
             if len(families) == len(ALL_FAMILIES):
                 names = "all families"
@@ -99,5 +100,6 @@ class Mapping:
             if stack.path and stack.path != stack.name:
                 where += f" ({stack.path})"
             lock = " (locked)" if locked else ""
-            lines.append(f"{names} -> {where}{lock}")
-        return lines
+            # "all other families" reads as "the rest": after the specific lines
+            (general if names.startswith("all") else lines).append(f"{names} -> {where}{lock}")
+        return lines + general

@@ -29,3 +29,5 @@ class RunConfig:
     #: mstack started in as a stack of its own (what "native" then names)
     home: Stack | None = None
     start: Stack | None = None
+    #: set by the launcher: an outer mstack's supervisor serves this run (launch/nested.py)
+    nested: bool = False

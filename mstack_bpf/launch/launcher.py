@@ -70,14 +70,16 @@ def run(config: RunConfig) -> NoReturn:
     """Set up and execve ``config.argv``; raises :class:`MstackError` if that cannot be done."""
     path = find_command(config.argv[0])
     check_kernel()
-    is_nested = nested.outer_supervisor()
-    config = settle_home(config, is_nested)
-    if config.verbose:
-        _flush()
-        print(f"mstack: {where_it_lives(config)}", file=sys.stderr, flush=True)
+    is_nested = nested.outer_supervisor()  # first: it marks us as mstack's for the tracer
+    asked = config.mapping
+    config = dataclasses.replace(settle_home(config, is_nested), nested=is_nested)
     carry_out(plan(config.mapping, config.chosen, verbose=config.verbose,
                    no_new_privs=config.no_new_privs, root=os.geteuid() == 0,
                    nested=is_nested, home=config.start is not None), config)
+    if config.verbose:  # only once the run is set up: an error (125) shows no mapping
+        _flush()
+        for line in [*asked.describe(), where_it_lives(config)]:
+            print(f"mstack: {line}", file=sys.stderr)
     _exec(path, config.argv)
 
 

@@ -8,19 +8,25 @@ that will take our table with msocket(path, family, SOCK_DEFAULT).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
-from mstack_bpf.core.abi import SOCK_DEFAULT
+from mstack_bpf.core.abi import SELF_MARK, SOCK_DEFAULT
 from mstack_bpf.core.errors import LockedError, MstackError
 from mstack_bpf.core.families import ALL_FAMILIES, family_name
 from mstack_bpf.core.model import Mapping, Stack, StackKind
+from mstack_bpf.linux import netns
 from mstack_bpf.msocket import NotUnderMstack, call
 
 
 def outer_supervisor() -> bool:
-    """Whether this process runs under an mstack; raises :class:`LockedError` if locked."""
+    """Whether this process runs under an mstack; raises :class:`LockedError` if locked.
+
+    The probe also marks this process as mstack's own for the socket tracer (its events,
+    and those of what it forks, are not the command's until it execs): it must come before
+    the launcher's first socket call."""
     try:
-        call(None, socket.AF_UNSPEC, SOCK_DEFAULT, 0)
+        call(None, socket.AF_UNSPEC, SOCK_DEFAULT, 0, SELF_MARK)
     except NotUnderMstack:
         return False
     except OSError as e:
@@ -31,10 +37,28 @@ def outer_supervisor() -> bool:
     return True
 
 
+def outer_native() -> int | None:
+    """The inode of the namespace the outer mstack calls ``native`` (where the outermost
+    mstack started; a nested mstack may live in the outer one's home); None if it cannot
+    be learnt (SIOCGSKNS needs CAP_NET_ADMIN there)."""
+    try:
+        fd = call("native", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    except OSError:
+        return None
+    try:
+        return netns.socket_netns_inode(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 OWN_NAMESPACE = "/proc/self/ns/net"  # the caller's own: what its kernel serves itself
 _HINTS = {
     errno.EMFILE: "the table travels in descriptor 1023: raise 'ulimit -n' above 1024",
     errno.EBUSY: "descriptor 1023, which carries the table, is taken in this process",
+    errno.EAGAIN: "the outer supervisor may keep no more tables: its descriptor limit is "
+                  "used up; start the outer mstack with a higher 'ulimit -Hn'",
 }
 
 

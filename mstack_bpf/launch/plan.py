@@ -24,7 +24,8 @@ class LaunchPlan:
     filter: tuple[Instruction, ...] | None
     #: the filter has a listener, and a supervisor serves it
     supervised: bool
-    #: no listener, but a supervisor process watches the command for -v's table
+    #: no listener of its own, but a supervisor process watches the command for -v's
+    #: table (everything locked, or nested under another mstack)
     watcher: bool
     #: set no_new_privs before installing (the kernel requires it without CAP_SYS_ADMIN)
     no_new_privs: bool
@@ -38,7 +39,9 @@ def plan(mapping: Mapping, chosen: frozenset[int], *, verbose: int, no_new_privs
         # installs nothing.
         spec = FilterSpec.nested_lock(mapping, chosen) if mapping.locked else None
         program = None if spec is None else tuple(compile_filter(spec))
-        return LaunchPlan(nested=True, filter=program, supervised=False, watcher=False,
+        # With -v a watcher traces this mstack's own subtree (the outer one serves it).
+        return LaunchPlan(nested=True, filter=program, supervised=False,
+                          watcher=bool(verbose),
                           no_new_privs=program is not None and (no_new_privs or not root))
     spec = FilterSpec.from_mapping(mapping)
     if home and (mapping.locked or mapping.restricted):

@@ -13,32 +13,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <errno.h>
-#include <fcntl.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#include <linux/seccomp.h>
-
-/* 8192 CPUs, the largest NR_CPUS on x86_64: as an affinity, "every CPU" (the kernel
- * intersects it with the cpuset and the online CPUs, now and as they change) */
-#define MASK_BYTES 1024
-static unsigned char every_cpu[MASK_BYTES];
-
-/* Whether thread tid may run on exactly the CPUs in `online` (trailing zero bytes trimmed,
- * as sched.CpuSet keeps them). Unreadable (gone, or not ours to read): no. */
-static int runs_on_exactly(int tid, const char *online, Py_ssize_t online_len)
-{
-	unsigned char mask[MASK_BYTES];
-	long size = syscall(SYS_sched_getaffinity, tid, sizeof mask, mask);
-
-	if (size <= 0)
-		return 0;
-	while (size > 0 && mask[size - 1] == 0)
-		size--;
-	return size == online_len && memcmp(mask, online, (size_t)size) == 0;
-}
+#include "_colocate.h"
 
 PyDoc_STRVAR(narrowed_addfd_doc,
 "narrowed_addfd(listener, notif_id, tid, srcfd, cloexec, cpus, online)\n"
@@ -50,50 +25,23 @@ PyDoc_STRVAR(narrowed_addfd_doc,
 
 static PyObject *narrowed_addfd(PyObject *self, PyObject *args)
 {
-	int listener, tid, srcfd, cloexec, fd = -1, addfd_err = 0, restore_err = 0, send_err = 0;
+	int listener, tid, srcfd, cloexec, narrowed;
 	unsigned long long notif_id;
 	const char *cpus, *online;
 	Py_ssize_t cpus_len, online_len;
-	int narrowed = 0;
+	struct injected done;
 
 	(void)self;
 	if (!PyArg_ParseTuple(args, "iKiipy#y#", &listener, &notif_id, &tid, &srcfd, &cloexec,
 			      &cpus, &cpus_len, &online, &online_len))
 		return NULL;
 	Py_BEGIN_ALLOW_THREADS
-	if (runs_on_exactly(tid, online, online_len) &&
-	    syscall(SYS_sched_setaffinity, tid, (size_t)cpus_len, cpus) == 0) {
-		struct seccomp_notif_addfd addfd = {
-			.id = notif_id,
-			.srcfd = (__u32)srcfd,
-			.newfd_flags = cloexec ? O_CLOEXEC : 0,
-		};
-		narrowed = 1;
-		/* EINTR (the listener's lock, or the wait, interrupted): nothing was installed */
-		do
-			fd = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
-		while (fd < 0 && errno == EINTR);
-		if (fd < 0)
-			addfd_err = errno;
-		if (syscall(SYS_sched_setaffinity, tid, sizeof every_cpu, every_cpu) != 0)
-			restore_err = errno;
-		if (fd >= 0) {
-			/* The fd is in: the call must succeed. SEND takes the listener's lock
-			 * interruptibly (EINTR: again); ENOENT: the caller was killed. */
-			struct seccomp_notif_resp resp = { .id = notif_id, .val = fd };
-
-			while (ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) != 0) {
-				if (errno != EINTR) {
-					send_err = errno;
-					break;
-				}
-			}
-		}
-	}
+	narrowed = inject_narrowed(listener, notif_id, tid, srcfd, cloexec, cpus, cpus_len, online,
+				   online_len, &done);
 	Py_END_ALLOW_THREADS
 	if (!narrowed)
 		Py_RETURN_NONE;
-	return Py_BuildValue("(iiii)", fd, addfd_err, restore_err, send_err);
+	return Py_BuildValue("(iiii)", done.fd, done.addfd_err, done.restore_err, done.send_err);
 }
 
 static PyMethodDef methods[] = {
@@ -109,6 +57,5 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__colocate(void)
 {
-	memset(every_cpu, 0xff, sizeof every_cpu);
 	return PyModule_Create(&module);
 }

@@ -30,6 +30,7 @@ NS_GET_NSTYPE = io(0xB7, 0x3)
 NS_GET_OWNER_UID = io(0xB7, 0x4)
 
 # linux/sockios.h
+SIOCGSKNS = 0x894C
 # asm-generic/socket.h (Linux >= 5.14)
 SO_NETNS_COOKIE = 71
 
@@ -166,6 +167,16 @@ def owner_uid(userns_fd: int) -> int:
     uid = ctypes.c_uint32(0)
     ioctl(userns_fd, NS_GET_OWNER_UID, uid, "ioctl(NS_GET_OWNER_UID)")
     return uid.value
+
+
+def socket_netns_inode(sockfd: int) -> int:
+    """``ns_inode`` of the network namespace socket ``sockfd`` lives in (``SIOCGSKNS``,
+    which needs CAP_NET_ADMIN over that namespace)."""
+    fd = ioctl_value(sockfd, SIOCGSKNS, 0, "ioctl(SIOCGSKNS)")
+    try:
+        return ns_inode(fd)
+    finally:
+        os.close(fd)
 
 
 def netns_cookie(sockfd: int) -> int:

@@ -12,7 +12,7 @@ import enum
 import struct
 from typing import NamedTuple
 
-from mstack_bpf.linux import _colocate
+from mstack_bpf.linux import _colocate, _fastpath
 from mstack_bpf.linux.ffi import SyscallError, ioctl, ioctl_value, iow, iowr, raw_ioctl, syscall
 from mstack_bpf.linux.sched import CpuSet
 from mstack_bpf.seccomp.program import (
@@ -177,6 +177,89 @@ class Narrowed(NamedTuple):
     send_errno: int
 
 
+#: one answer known from a call's registers alone, as ``_fastpath.c`` reads it (struct answer):
+#: arch, syscall number, the first three arguments, the action, the errno to fail with, and for
+#: a socket to make: the namespace's inode, its family, type and protocol
+_ANSWER = struct.Struct("=Ii3QiiQiiii")
+assert _ANSWER.size == 64
+_CONTINUE, _FAIL, _CREATE = 0, 1, 2
+
+AnswerKey = tuple[int, int, int, int, int]
+
+
+class Answers:
+    """The calls the C loop (:meth:`Listener.serve`) may answer without Python: at most
+    :data:`MAX` of them, the newest kept."""
+
+    MAX = 32
+
+    def __init__(self) -> None:
+        self._known: dict[AnswerKey, bytes] = {}
+        self.packed = b""
+
+    def cont(self, arch: int, nr: int, args: tuple[int, int, int]) -> None:
+        """Answer with CONTINUE."""
+        self._put((arch, nr, *args), _CONTINUE, 0, 0, (0, 0, 0))
+
+    def fail(self, arch: int, nr: int, args: tuple[int, int, int], error: int) -> None:
+        """Fail with errno ``error``."""
+        self._put((arch, nr, *args), _FAIL, error, 0, (0, 0, 0))
+
+    def create(self, arch: int, nr: int, args: tuple[int, int, int], ns: int,
+               made: tuple[int, int, int]) -> None:
+        """Make socket ``made`` (family, type, protocol) in namespace ``ns`` and inject it,
+        for the caller and only where :class:`Caller` says it is ours to make."""
+        self._put((arch, nr, *args), _CREATE, 0, ns, made)
+
+    def _put(self, key: AnswerKey, action: int, error: int, ns: int,
+             made: tuple[int, int, int]) -> None:
+        entry = _ANSWER.pack(*key, action, error, ns, *made, 0)
+        if self._known.get(key) == entry:
+            return
+        self._known.pop(key, None)
+        if len(self._known) >= self.MAX:
+            del self._known[next(iter(self._known))]
+        self._known[key] = entry
+        self.packed = b"".join(self._known.values())
+
+    def clear(self) -> None:
+        self._known.clear()
+        self.packed = b""
+
+
+class Caller(NamedTuple):
+    """What the C loop needs to make a socket (an :meth:`Answers.create`) itself: the
+    namespace its thread is in, the caller Python served last and a pidfd of it, whether the
+    caller's fsuid and fsgid must equal ``fsuid``/``fsgid`` (a privileged supervisor), our
+    cgroup v2 id (0: none), and whether to inject narrowed to ``cpus`` (co-location), for a
+    caller that runs on exactly ``online``."""
+
+    ns: int
+    tid: int
+    pidfd: int
+    check_ids: bool
+    fsuid: int
+    fsgid: int
+    cgroup: int
+    narrow: bool
+    cpus: bytes
+    online: bytes
+
+
+#: a Caller that makes nothing
+NO_CALLER = Caller(0, 0, -1, True, 0, 0, 0, False, b"", b"")
+
+
+class Served(enum.IntEnum):
+    """Why :meth:`Listener.serve` returned (``_fastpath.c``)."""
+
+    NOTIFICATION = 0  # a call it had no answer for, in :attr:`Listener.notif`
+    OTHER_READY = 1
+    TIMED_OUT = 2
+    HUNG_UP = 3
+    BOTH = 4  # a call in :attr:`Listener.notif`, and one of the others is ready too
+
+
 class Listener:
     """The supervisor's side of a notification fd, with preallocated, reused buffers."""
 
@@ -195,6 +278,20 @@ class Listener:
         """Ask for synchronous wake-ups on replies; the flag is passed by value."""
         ioctl_value(self.fd, IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
                     "ioctl(SECCOMP_IOCTL_NOTIF_SET_FLAGS)")
+
+    def serve(self, others: tuple[int, ...], timeout_ms: int, answers: bytes,
+              caller: Caller = NO_CALLER) -> tuple[Served, int]:
+        """Wait for calls and for ``others`` (up to 16 fds), answering every call found in
+        ``answers`` (:attr:`Answers.packed`) in C; return what needs Python, and the errno
+        (0: none) of the last failure to give a narrowed caller its CPUs back. After
+        :attr:`Served.NOTIFICATION` (or :attr:`Served.BOTH`) the call is in :attr:`notif`, as
+        :meth:`recv` leaves it.
+        ``timeout_ms`` < 0: no timeout."""
+        outcome, err, _answered, restore_err = _fastpath.serve(
+            self.fd, self._notif_at, others, timeout_ms, answers, caller)
+        if err:
+            raise SyscallError(err, "ioctl(SECCOMP_IOCTL_NOTIF_RECV/SEND) or poll")
+        return Served(outcome), restore_err
 
     def recv(self) -> SeccompNotif:
         """Receive one notification. The buffer must be zeroed first, or the kernel says EINVAL."""

@@ -28,7 +28,8 @@ _getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_
 SOL_SOCKET = 1
 SO_DOMAIN = 39
 _syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_long,
-                            ctypes.c_long, ctypes.c_long, use_errno=True)(("syscall", libc))
+                            ctypes.c_long, ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong,
+                            use_errno=True)(("syscall", libc))
 
 
 def make(family: int, sock_type: int, protocol: int, cloexec: bool = True) -> int:
@@ -57,10 +58,12 @@ def domain(fd: int) -> int:
     return value.value
 
 
-def msocket(path: bytes | None, family: int, sock_type: int, protocol: int) -> int:
+def msocket(path: bytes | None, family: int, sock_type: int, protocol: int,
+            mark: tuple[int, int] = (0, 0)) -> int:
     """The virtual ``msocket(path, domain, type, protocol)`` call (-5, as in VUOS); ENOSYS
-    where no mstack supervisor answers it."""
-    result: int = _syscall(MSOCKET_NR - (1 << 32), path, family, sock_type, protocol)
+    where no mstack supervisor answers it. ``mark`` goes in the 5th and 6th arguments,
+    which msocket ignores (mstack's launcher marks itself for the tracer so)."""
+    result: int = _syscall(MSOCKET_NR - (1 << 32), path, family, sock_type, protocol, *mark)
     if result < 0:
         raise SyscallError(ctypes.get_errno() or errno.EIO, "msocket",
                            (path or b"(default)").decode(errors="replace"))

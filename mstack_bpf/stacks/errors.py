@@ -8,14 +8,20 @@ carrying it out failed (125).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from mstack_bpf.core.errors import EXIT_USAGE, MstackError
+
+if TYPE_CHECKING:
+    from mstack_bpf.stacks.procs import User
 
 
 class ManageError(MstackError):
     """A stack operation that cannot be done; ``str()`` is the one-line message."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
 
 
 class InvalidName(ManageError):
@@ -40,6 +46,34 @@ class NotManaged(ManageError):
         super().__init__(
             f"{path} was not made by mstack-stack; remove it with 'ip netns del {name}'"
         )
+        self.path = path
+
+
+_HOW_TEXT = {"member": "lives in it", "socket": "has a socket in it", "fd": "holds it open"}
+
+
+def users_text(users: Sequence[User]) -> str:
+    """``pid 1234 (python3, has a socket in it), pid 1240 (mstack-sv, holds it open)``."""
+    return ", ".join(f"pid {u.pid} ({u.comm}, {_HOW_TEXT.get(u.how, u.how)})" for u in users)
+
+
+class InUse(ManageError):
+    """``del`` of a stack processes still use."""
+
+    def __init__(self, name: str, users: Sequence[User]) -> None:
+        super().__init__(
+            f"stack {name!r} is in use by {users_text(users)}",
+            hint=f"stop them first, or 'mstack-stack del --force {name}' (their sockets keep "
+                 "the namespace alive until they close; only the name goes)",
+        )
+        self.users = list(users)
+
+
+class NoResolver(ManageError):
+    """``dns`` of a stack with no resolver that can answer inside it."""
+
+    def __init__(self, name: str, why: str, hint: str | None = None) -> None:
+        super().__init__(f"stack {name!r} has no usable resolver: {why}", hint)
 
 
 class MissingTool(ManageError):

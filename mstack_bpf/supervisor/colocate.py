@@ -26,7 +26,9 @@ interrupted: the listener waits killably once a call is received
 so the installed fd can never be left behind in a caller that went on without it.
 
 Step 2 is one call into C (:meth:`Listener.addfd_narrowed`, ``linux/_colocate.c``): five
-system calls made through ctypes cost measurably more on the hot path.
+system calls made through ctypes cost measurably more on the hot path. A caller's later
+sockets, while it keeps calling, are injected the same way by the C loop itself
+(``linux/_fastpath.c``, :meth:`narrowed_for`).
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ class Colocator:
             done = self.listener.addfd_narrowed(nid, tid, fd, cloexec, here, self._online)
             if done is not None:
                 if done.restore_errno not in (0, errno.ESRCH):  # ESRCH: gone, nothing to do
-                    log.warning("could not restore the affinity of thread %d: %s", tid,
-                                os.strerror(done.restore_errno))
+                    self.restore_failed(tid, done.restore_errno)
                 if done.addfd_errno:
                     raise SyscallError(done.addfd_errno, "ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)")
                 if done.send_errno not in (0, errno.ENOENT):  # ENOENT: the caller was killed
@@ -76,6 +77,19 @@ class Colocator:
                               os.strerror(done.send_errno))
                 return done.fd
         return self.listener.addfd(nid, fd, cloexec)
+
+    def restore_failed(self, tid: int, err: int) -> None:
+        log.warning("could not restore the affinity of thread %d: %s", tid, os.strerror(err))
+
+    def narrowed_for(self, tid: int) -> tuple[bool, bytes, bytes] | None:
+        """How the C loop (linux/_fastpath.c) injects ``tid``'s next sockets as :meth:`inject`
+        would: (narrowed, to these CPUs, for a caller on exactly these); None where
+        :meth:`inject` would first pin us to meet it."""
+        if not self.enabled:
+            return False, b"", b""
+        if self.pinned is None or tid != self._last_tid:
+            return None
+        return True, self._pinned_set.raw, self._online.raw
 
     def _here(self, tid: int) -> sched.CpuSet | None:
         """The CPU to meet ``tid`` on, or None: only a thread that called last time too

@@ -99,6 +99,16 @@ class StackSockets:
         with self._as(target.creds, family, sock_type, protocol) or contextlib.nullcontext():
             return sockets.make_pair(family, sock_type, protocol)
 
+    @property
+    def current_ns(self) -> int | None:
+        """The inode of the namespace the loop's thread is in."""
+        return self._current
+
+    def switches(self, family: int, sock_type: int, protocol: int) -> bool:
+        """Whether making this socket may take more than the caller's owner ids: a
+        privileged supervisor then switches to all of its credentials."""
+        return self.privileged and needs_full_credentials(family, sock_type, protocol)
+
     def elsewhere(self, target: Target) -> bool:
         """The target is in another cgroup than ours: its sockets come from :meth:`visit`."""
         return target.cgroup is not None and target.cgroup != self.cgroups.home

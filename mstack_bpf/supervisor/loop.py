@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import select
+import signal
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +44,18 @@ from mstack_bpf.core.decide import (
 from mstack_bpf.core.families import ALL_FAMILIES, family_name
 from mstack_bpf.core.model import Mapping, Stack, StackKind
 from mstack_bpf.linux import creds, procmem
+from mstack_bpf.linux import pidfd as pidfd_mod
 from mstack_bpf.linux.creds import FsIds
 from mstack_bpf.linux.ffi import SyscallError
-from mstack_bpf.linux.seccomp import Listener, SeccompData
+from mstack_bpf.linux.seccomp import (
+    NO_CALLER,
+    Answers,
+    Caller,
+    Listener,
+    SeccompData,
+    SeccompNotif,
+    Served,
+)
 from mstack_bpf.stacks.resolve import OpenStack
 from mstack_bpf.supervisor import ifioctl
 from mstack_bpf.supervisor.colocate import Colocator
@@ -125,6 +135,11 @@ class Supervisor:
         #: work that may block on one caller, off this loop
         self.slow = SlowLane()
         self._decided: dict[tuple[int, ...], tuple[Call, Decision]] = {}
+        #: of those, the ones of the root table the C loop may answer itself
+        self.answers = Answers()
+        #: the caller whose sockets the C loop may make: the last one Python made one for,
+        #: and a pidfd of it (-1: none)
+        self._fast_tid, self._fast_pidfd = 0, -1
         #: called with (tid, call, decision, result) after each call, for -vvv
         self.observers: list[Observer] = []
         #: called with the caller's tid before its exit_group goes on (only sent under -v)
@@ -134,35 +149,72 @@ class Supervisor:
               tick: Callable[[], None] | None = None, tick_ms: int = 100) -> None:
         """Serve until the listener hangs up. ``extra`` maps other fds to poll to handlers
         (a handler returning False is not polled again); ``tick`` runs when nothing came
-        for ``tick_ms``."""
-        # Always poll() first: a blocking RECV returns once every task is gone only since
-        # Linux 6.11; before, the supervisor would wait there for good.
+        for ``tick_ms``.
+
+        The waiting is done in C (:meth:`Listener.serve`), which also answers the calls whose
+        answer is known from their registers alone (:attr:`answers`), without coming back
+        here. It polls before each RECV: a blocking RECV returns once every task is gone
+        only since Linux 6.11; before, the supervisor would wait there for good."""
         handlers = dict(extra or {})
         handlers[self.slow.fd] = self.slow.drain
-        poller = select.poll()
-        poller.register(self.listener.fd, select.POLLIN)
+        poller = select.poll()  # the other fds, once the C loop says one is ready
         for fd in handlers:
             poller.register(fd, select.POLLIN)
         while True:
-            ready = poller.poll(tick_ms if tick else None)
-            if not ready and tick:
+            fast = self._fast()
+            served, restore_err = self.listener.serve(
+                tuple(handlers), tick_ms if tick else -1, self.answers.packed if fast else b"",
+                self._caller() if fast else NO_CALLER)
+            if restore_err:
+                self.injector.restore_failed(self._fast_tid, restore_err)
+            if served in (Served.NOTIFICATION, Served.BOTH):
+                self._handle(self.listener.notif)
+            elif served is Served.TIMED_OUT and tick:
                 tick()
-            for fd, events in ready:
-                if fd != self.listener.fd:
-                    if not _safely(handlers[fd]):
-                        poller.unregister(fd)
-                        del handlers[fd]
-                        if not handlers:
-                            tick = None
-                elif events & select.POLLIN:
-                    self.handle_one()
-                elif events & (select.POLLHUP | select.POLLERR):
-                    return
+            elif served is Served.HUNG_UP:
+                return
+            others = served in (Served.OTHER_READY, Served.BOTH)
+            for fd, _events in poller.poll(0) if others else ():
+                if not _safely(handlers[fd]):
+                    poller.unregister(fd)
+                    del handlers[fd]
+                    if not handlers:
+                        tick = None
+
+    def _fast(self) -> bool:
+        """Whether a call's registers alone decide it: every process has the root table,
+        and no observer wants to see each call."""
+        return not self.observers and not self.tables.nested()
+
+    def _caller(self) -> Caller:
+        """Whose sockets the C loop may make itself, and how it injects them."""
+        tid, injector = self._fast_tid, self.injector
+        narrow = injector.narrowed_for(tid)
+        if narrow is None:  # co-location would first pin us to meet this caller: Python's
+            return NO_CALLER
+        sockets = self.sockets
+        return Caller(sockets.current_ns or 0, tid, self._fast_pidfd, sockets.privileged,
+                      sockets.own.uids[3], sockets.own.gids[3], sockets.cgroups.home or 0,
+                      *narrow)
+
+    def _made_for(self, tid: int) -> None:
+        """Python made a socket for ``tid``: the C loop may make its next ones."""
+        if tid == self._fast_tid and (self._fast_pidfd < 0 or _alive(self._fast_pidfd)):
+            return  # (a pidfd of a task gone names no other: the tid reused gets a new one)
+        if self._fast_pidfd >= 0:
+            os.close(self._fast_pidfd)
+        self._fast_tid = tid
+        try:
+            self._fast_pidfd = pidfd_mod.open_thread(tid)
+        except OSError:  # gone, or a kernel without PIDFD_THREAD (6.9): Python makes them
+            self._fast_pidfd = -1
 
     def close(self) -> None:
         """Release what serving held (the listener first: calls still to come fail closed)
         once :meth:`serve` has returned; the command's supervisor simply exits instead."""
         os.close(self.listener.fd)
+        if self._fast_pidfd >= 0:
+            os.close(self._fast_pidfd)
         self.slow.close()
         self.tables.close()
         self.registry.close()
@@ -176,12 +228,15 @@ class Supervisor:
             if e.errno in (errno.ENOENT, errno.EINTR):  # target gone before we looked
                 return False
             raise
+        self._handle(notif)
+        return True
+
+    def _handle(self, notif: SeccompNotif) -> None:
         nid, tid = notif.id, notif.pid
         call, decision = self._decide(tid, notif.data)
         if isinstance(call, ExitGroupCall) and self.before_exit is not None:
             _safely(self.before_exit, tid)
         self._drive(nid, tid, call, lambda: self._final(nid, tid, decision))
-        return True
 
     def _drive(self, nid: int, tid: int, call: Call, step: Callable[[], Step]) -> None:
         """Carry a call on from ``step`` until it is done, or handed to the slow lane (which
@@ -229,16 +284,35 @@ class Supervisor:
         args = data.args
         key = (id(table), data.arch, data.nr, args[0], args[1], args[2])
         known = self._decided.get(key)
-        if known is not None:
-            return known
-        call = decode(data.arch, data.nr, tuple(args))
-        decision = decide(call, table)
-        if isinstance(call, SocketCall | SocketPairCall) and not call.from_memory and not (
-                isinstance(decision, CreatePair)):  # its answer goes to the caller's memory
-            if len(self._decided) >= _DECIDED_MAX:
-                self._decided.clear()
-            self._decided[key] = call, decision
-        return call, decision
+        if known is None:
+            call = decode(data.arch, data.nr, tuple(args))
+            known = call, decide(call, table)
+            if isinstance(call, SocketCall | SocketPairCall) and not call.from_memory and not (
+                    isinstance(known[1], CreatePair)):  # its answer goes to the caller's memory
+                if len(self._decided) >= _DECIDED_MAX:
+                    self._decided.clear()
+                self._decided[key] = known
+            else:
+                return known
+        if table is self.tables.root:  # also when met again: the C loop keeps the newest few
+            self._answer(data, known[1])
+        return known
+
+    def _answer(self, data: SeccompData, decision: Decision) -> None:
+        """Hand a decision of the root table to the C loop, where it may carry it out."""
+        regs = data.arch, data.nr, (data.args[0], data.args[1], data.args[2])
+        if isinstance(decision, Continue):
+            self.answers.cont(*regs)
+        elif isinstance(decision, Fail):
+            self.answers.fail(*regs, decision.errno)
+        elif (isinstance(decision, Create) and decision.stack.kind is not StackKind.NATIVE
+              and not self.sockets.switches(decision.family, decision.type,
+                                            decision.protocol)):
+            try:
+                ns = self.registry.get(decision.stack).ino
+            except OSError:
+                return  # Python's path says why, at the call
+            self.answers.create(*regs, ns, (decision.family, decision.type, decision.protocol))
 
     def _decide_blind(self, call: Call) -> Decision:
         """The decision for a caller whose table cannot be read: what every table of the
@@ -348,6 +422,7 @@ class Supervisor:
         except SyscallError as e:
             return Done.failed(d, errno.EMFILE if e.errno == errno.EBADF else (
                 e.errno or errno.EIO))
+        self.tables.carry(tid, table)
         return Done.value(d, 0)
 
     def _pin_home(self, tid: int, table: Mapping) -> Mapping:
@@ -399,6 +474,8 @@ class Supervisor:
 
     def _inject(self, nid: int, tid: int, d: Create, fd: int) -> Done:
         """Install ``fd`` (ours to close) as the call's result."""
+        # before the call completes: the caller then goes on, and the pidfd is kept for it
+        self._made_for(tid)
         try:  # ADDFD with SEND installs the socket and completes the call: nothing to send
             installed = self.injector.inject(nid, tid, fd, cloexec=bool(d.type & SOCK_CLOEXEC))
             return Done(d, installed, None)
@@ -468,6 +545,15 @@ class Supervisor:
         except SyscallError as e:
             if e.errno != errno.ENOENT:
                 raise
+
+
+def _alive(pidfd: int) -> bool:
+    """Whether the task behind ``pidfd`` has not exited (signal 0 sends nothing)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError as e:
+        return e.errno != errno.ESRCH  # EPERM: there, but not ours to signal
+    return True
 
 
 def _lives_in(tid: int, ino: int) -> bool:

@@ -8,14 +8,15 @@ import os
 import resource
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mstack_bpf.core.model import NATIVE, Mapping, Stack
-from mstack_bpf.launch import handshake
+from mstack_bpf.launch import handshake, nested
 from mstack_bpf.launch.config import RunConfig
 from mstack_bpf.linux import seccomp
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.stacks.resolve import OpenStack
+from mstack_bpf.supervisor import carrier
 from mstack_bpf.supervisor.factory import SocketMaker, StackSockets
 from mstack_bpf.supervisor.fdbudget import FdBudget
 from mstack_bpf.supervisor.loop import Supervisor, describe
@@ -86,12 +87,14 @@ class SetupError(Exception):
 
 def build(listener_fd: int, mapping: Mapping, stacks: tuple[OpenStack, ...], *,
           colocate: bool, home: OpenStack | None = None, native: Stack = NATIVE,
-          own: int | None = None, refuse: int = 0) -> Supervisor:
+          own: int | None = None, refuse: int = 0,
+          carried: Callable[[], carrier.Carrier | None] | None = None) -> Supervisor:
     """A supervisor ready to serve ``listener_fd`` (ours from now on) with ``mapping``:
     the kernel probed, the listener set up, every stack of ``stacks`` tried. The one way
     both front doors (mstack's supervisor process, mstack-agent) start serving.
     ``own``: the namespace a caller naming its own is served in by the kernel (registry.py);
-    ``refuse``: an errno for every call instead (loop.py).
+    ``refuse``: an errno for every call instead (loop.py); ``carried``: starts the eBPF
+    carrier of per-process tables when a tree first sets one (tables.py).
     """
     listener = seccomp.Listener(listener_fd)
     problem = _probe_addfd(listener)
@@ -110,7 +113,7 @@ def build(listener_fd: int, mapping: Mapping, stacks: tuple[OpenStack, ...], *,
         raise SetupError(problem)
     budget = FdBudget.of_this_process()
     registry = StackRegistry(stacks, mapping, budget, native, own=own)
-    return Supervisor(listener, Tables(mapping, budget), registry, sockets,
+    return Supervisor(listener, Tables(mapping, budget, carried), registry, sockets,
                       colocate=synchronous and colocate, home=home, refuse=refuse)
 
 
@@ -135,9 +138,10 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
         offered = handshake.take_offer(channel)
     except OSError:
         return
-    report = SocketReport(root_pid, config.mapping, config.stacks, config.verbose) if (
+    report = SocketReport(root_pid, config.mapping, config.stacks, config.verbose,
+                          native=nested.outer_native() if config.nested else None) if (
         config.verbose) else None
-    if offered is None:  # no listener: a watcher for -v under a lock
+    if offered is None:  # no listener: a watcher for -v (under a lock, or nested)
         if report is not None:
             handshake.ready(channel)
             watch(report)
@@ -146,7 +150,7 @@ def serve_forever(channel: socket.socket, config: RunConfig, root_pid: int) -> N
     try:
         supervisor = build(offered, config.mapping, config.stacks, colocate=config.colocate,
                            home=home, native=config.start or NATIVE,
-                           own=home.ino if home else start_ino)
+                           own=home.ino if home else start_ino, carried=carrier.start)
     except SetupError as e:
         handshake.failed(channel, str(e))
         return

@@ -18,6 +18,10 @@ EVENT_SIZE = 80
 
 #: SOCKTRACE_F_IA32: the call came through the i386 ABI (int 0x80).
 FLAG_IA32 = 0x1
+#: SOCKTRACE_F_MSTACK: mstack's own process made the call (launcher, supervisor, helpers).
+FLAG_MSTACK = 0x2
+#: SOCKTRACE_F_PATH: msocket named a stack (its path was not NULL).
+FLAG_PATH = 0x4
 
 
 class Call(enum.IntEnum):
@@ -80,6 +84,10 @@ class Event:
     sock_netns: int
     caller_netns: int
     ia32: bool = False
+    #: made by mstack itself, not by the user's command (bpf/socktrace.bpf.c, ``own``)
+    mstack: bool = False
+    #: an msocket call that named a stack (not the caller's default)
+    named: bool = False
 
     @property
     def ok(self) -> bool:
@@ -116,6 +124,8 @@ class Event:
             sock_netns=raw.sock_netns,
             caller_netns=raw.caller_netns,
             ia32=bool(raw.flags & FLAG_IA32),
+            mstack=bool(raw.flags & FLAG_MSTACK),
+            named=bool(raw.flags & FLAG_PATH),
         )
 
     @classmethod

@@ -34,12 +34,14 @@ def scan_names(run_dir: str = NETNS_RUN_DIR) -> dict[int, str]:
 
 
 class StackNames(Mapping[int, str]):
-    """inode → stack name: ``native`` for the own namespace, then ``/run/netns`` names."""
+    """inode → stack name: ``native`` for the own namespace (or the inode ``native`` names),
+    then ``/run/netns`` names."""
 
-    def __init__(self, run_dir: str = NETNS_RUN_DIR, extra: Mapping[int, str] | None = None):
+    def __init__(self, run_dir: str = NETNS_RUN_DIR, extra: Mapping[int, str] | None = None,
+                 native: int | None = None):
         self._run_dir = run_dir
         self._extra = dict(extra or {})
-        self._native = own_netns_inode()
+        self._native = own_netns_inode() if native is None else native
         self._names: dict[int, str] = {}
         self._missed: set[int] = set()
         self._rescan()

@@ -15,15 +15,19 @@ import time
 from collections.abc import Callable, Iterable
 
 from mstack_bpf.core.families import ALL_FAMILIES
-from mstack_bpf.core.model import Mapping, StackKind
+from mstack_bpf.core.model import Mapping
 from mstack_bpf.stacks.resolve import OpenStack
 
 TICK_MS = 100  # the tracer batches wake-ups: read it at least this often
 
 
 class SocketReport:
+    """The socket table of the tree of ``root_pid`` (the launcher, which execs COMMAND next:
+    its own calls until then are mstack's, not the command's). ``native``: the inode of the
+    namespace ``native`` names, if not this process's own (a nested mstack's watcher)."""
+
     def __init__(self, root_pid: int, mapping: Mapping, stacks: Iterable[OpenStack],
-                 verbose: int) -> None:
+                 verbose: int, native: int | None = None) -> None:
         self.verbose = verbose
         self.root_pid = root_pid
         self.pidfd = os.pidfd_open(root_pid)
@@ -31,25 +35,25 @@ class SocketReport:
         self.reason: str | None = None
         self.tracer = None
         self.done = False
+        self._header = verbose >= 2
         self._stacks = {s.ino: s.stack.name for s in stacks}
-        # calls that made no socket are shown under native or null; a namespace's refusals
-        # (the home stack's included: the caller's own there) under "-"
-        self._family_stacks = {f: mapping.stack_of(f).name for f in ALL_FAMILIES
-                               if mapping.stack_of(f).kind is StackKind.NULL
-                               or mapping.stack_of(f).name == "native"}
+        # a call that made no socket is shown under the stack its family was mapped to: null,
+        # or the stack whose kernel refused it (ICMP under its ping_group_range)
+        self._family_stacks = {f: mapping.stack_of(f).name for f in ALL_FAMILIES}
         try:
             from mstack_bpf.trace.tracer import Tracer, TraceUnavailable
         except ImportError as e:  # pragma: no cover - tracing not installed
             self.reason = f"eBPF tracing is not installed ({e})"
             return
         try:
-            self.tracer = Tracer(root_pid, wakeup_bytes=0 if verbose >= 2 else 4096)
+            self.tracer = Tracer(root_pid, wakeup_bytes=0 if verbose >= 2 else 4096,
+                                 own_pids=(root_pid,))
         except (TraceUnavailable, OSError) as e:
             self.reason = str(e)
             return
         from mstack_bpf.trace.names import StackNames
 
-        self._names = StackNames(extra=self._stacks)
+        self._names = StackNames(extra=self._stacks, native=native)
         self._offset = time.time_ns() - time.monotonic_ns()
 
     def handlers(self) -> dict[int, Callable[[], bool]]:
@@ -62,11 +66,16 @@ class SocketReport:
     def read(self) -> bool:
         if self.tracer is None:
             return False
-        from mstack_bpf.trace.summary import format_event
+        from mstack_bpf.trace.summary import EVENT_HEADER, format_event
 
         for event in self.tracer.poll(0):
+            if event.mstack:  # mstack's own work (a nested mstack's launcher), not the user's
+                continue
             self.events.append(event)
             if self.verbose >= 2:
+                if self._header:
+                    _say(EVENT_HEADER)
+                    self._header = False
                 _say(format_event(event, self._names, self._offset))
         return True
 
@@ -80,8 +89,7 @@ class SocketReport:
         else:
             from mstack_bpf.trace.summary import format_table, summarize
 
-            self.read()
-            self.events.extend(self.tracer.drain())
+            self.read()  # everything still queued (polled without waiting)
             self.tracer.close()
             self.tracer = None
             rows = summarize(self.events, self._names, self._family_stacks)  # type: ignore[arg-type]

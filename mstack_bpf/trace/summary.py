@@ -26,9 +26,10 @@ _SOCK_CLOEXEC = 0o2000000
 _SOCK_NONBLOCK = 0o4000
 SOCK_DEFAULT = 0  # msocket's "set the default stack" type
 
+#: TYPE comes last: flags make it long (``seqpacket|cloexec|nonblock``) and it has no bound.
 EVENT_HEADER = (
-    f"{'TIME':<12} {'PID':>7} {'COMM':<16} {'CALL':<10} {'FAMILY':<9} {'TYPE':<15} "
-    f"{'FD/ERR':<13} STACK"
+    f"{'TIME':<12} {'PID':>7} {'COMM':<16} {'CALL':<10} {'FAMILY':<9} {'FD/ERR':<15} "
+    f"{'STACK':<20} TYPE"
 )
 
 
@@ -88,8 +89,8 @@ def format_event(event: Event, names: Mapping[int, str], wall_offset_ns: int) ->
     """One line under :data:`EVENT_HEADER`."""
     return (
         f"{clock_text(event.ts_ns, wall_offset_ns):<12} {event.pid:>7} {event.comm:<16.16} "
-        f"{call_text(event):<10} {family_text(event.family):<9} {type_name(event.type):<15} "
-        f"{result_text(event):<13} {stack_name(event.sock_netns, names)}"
+        f"{call_text(event):<10} {family_text(event.family):<9} {result_text(event):<15} "
+        f"{stack_name(event.sock_netns, names):<20} {type_name(event.type)}"
     )
 
 
@@ -113,6 +114,7 @@ def event_record(event: Event, names: Mapping[int, str], wall_offset_ns: int) ->
         "sock_netns": event.sock_netns or None,
         "caller_netns": event.caller_netns,
         "stack": stack_name(event.sock_netns, names) if event.fds else None,
+        "mstack": event.mstack,
     }
 
 
@@ -135,7 +137,8 @@ def summarize(
 
     A created socket's stack is where it really lives (its namespace inode). A refused
     call has no socket, so its stack is the one ``family_stacks`` names for its family
-    (what mstack mapped it to, e.g. ``null``), or ``-``.
+    (what mstack mapped it to: ``null``, or the stack whose kernel refused it), or ``-``
+    (unknown, and for an msocket call that named a stack of its own).
     """
     created: Counter[tuple[int, str]] = Counter()
     refused: dict[tuple[int, str], Counter[str]] = {}
@@ -143,7 +146,8 @@ def summarize(
         if event.ok and event.fds:
             created[(event.family, stack_name(event.sock_netns, names))] += event.sockets
         elif not event.ok and event.call in _REFUSABLE:
-            stack = (family_stacks or {}).get(event.family, "-")
+            named = event.call is Call.MSOCKET and event.named
+            stack = "-" if named else (family_stacks or {}).get(event.family, "-")
             refused.setdefault((event.family, stack), Counter())[errno_name(event.errno)] += 1
     keys = sorted(set(created) | set(refused))
     return [

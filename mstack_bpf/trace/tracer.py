@@ -17,16 +17,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from mstack_bpf.core.abi import SELF_MARK
 from mstack_bpf.linux import libbpf
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.trace.events import Event, layout_mismatch
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
-#: Attach modes, tried in order: each names its sys_exit, fork and exit programs.
-_MODES: dict[str, tuple[str, str, str]] = {
-    "tp_btf": ("btf_sys_exit", "btf_fork", "btf_exit"),
-    "raw_tp": ("raw_sys_exit", "raw_fork", "raw_exit"),
+#: Attach modes, tried in order: each names its sys_exit, fork, exit and exec programs.
+_MODES: dict[str, tuple[str, ...]] = {
+    "tp_btf": ("btf_sys_exit", "btf_fork", "btf_exit", "btf_exec"),
+    "raw_tp": ("raw_sys_exit", "raw_fork", "raw_exit", "raw_exec"),
 }
 
 
@@ -37,7 +38,8 @@ WAKEUP_BYTES = 4096
 class _Config(ctypes.Structure):
     """``struct socktrace_config`` (bpf/socktrace.h)."""
 
-    _fields_ = [("filter", ctypes.c_uint32), ("wakeup_bytes", ctypes.c_uint32)]
+    _fields_ = [("filter", ctypes.c_uint32), ("wakeup_bytes", ctypes.c_uint32),
+                ("self_mark", ctypes.c_uint64 * 2)]
 
 
 class TraceUnavailable(OSError):
@@ -86,9 +88,9 @@ def _open(path: Path, mode: str) -> libbpf.BpfObject:
     return obj
 
 
-def _descendants(root: int) -> set[int]:
-    """``root`` and every live process below it, from /proc (a snapshot, racy by nature)."""
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[bytes, int]]:
+    """pid → (comm, ppid) of every live process, from /proc (a snapshot, racy by nature)."""
+    found: dict[int, tuple[bytes, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -98,9 +100,18 @@ def _descendants(root: int) -> set[int]:
         except OSError:
             continue  # exited meanwhile
         # The comm field may hold spaces and parentheses: ppid follows the last ')'.
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {root}, [root]
+        end = stat.rindex(b")")
+        found[int(entry.name)] = (stat[stat.index(b"(") + 1 : end],
+                                  int(stat[end + 2 :].split()[1]))
+    return found
+
+
+def _descendants(roots: Iterable[int], processes: dict[int, tuple[bytes, int]]) -> set[int]:
+    """``roots`` and every live process below them."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid) in processes.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(roots), list(roots)
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in found:
@@ -109,8 +120,41 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+SUPERVISOR_COMM = b"mstack-sv"  # launch/launcher.py names its supervisor so
+_LISTENER_LINK = "anon_inode:seccomp notify"
+
+
+def _holds_listener(pid: int) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == _LISTENER_LINK:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def running_mstack() -> set[int]:
+    """mstack supervisors already running, with the helpers they forked: a process named
+    ``mstack-sv`` *that holds a seccomp listener* (a name alone is any program's to take).
+    Those started later are known from the mark their launcher sets (``SELF_MARK``)."""
+    processes = _processes()
+    supervisors = [pid for pid, (comm, _) in processes.items()
+                   if comm == SUPERVISOR_COMM and _holds_listener(pid)]
+    return _descendants(supervisors, processes) if supervisors else set()
+
+
 class Tracer:
     """Socket events of one process tree (``root_pid``) or of every process (None).
+
+    Events of mstack's own processes carry ``mstack=True``: a launcher that marked itself
+    (``core/abi.py``, ``SELF_MARK``) and what it forks until that execs, and ``own_pids``
+    (processes the caller knows are mstack's until they exec, such as the launcher that
+    will exec the traced command).
 
     ``poll()`` returns the events that arrived; ``fileno()`` is an fd that becomes readable
     when a batch is waiting, for a caller's own poll loop. ``load_ms`` is how long opening,
@@ -127,6 +171,7 @@ class Tracer:
         object_path: Path | str | None = None,
         modes: Sequence[str] = tuple(_MODES),
         wakeup_bytes: int = WAKEUP_BYTES,
+        own_pids: Iterable[int] = (),
     ) -> None:
         start = time.perf_counter()
         path = Path(object_path) if object_path is not None else default_object_path()
@@ -135,22 +180,23 @@ class Tracer:
             raise TraceUnavailable(errno.ENOTSUP, reason)
         self._raw: list[bytes] = []
         self._links: list[libbpf.Link] = []
-        config = _Config(root_pid is not None, wakeup_bytes)
-        self._obj, self.mode = self._load(path, config, root_pid, modes)
+        config = _Config(root_pid is not None, wakeup_bytes, (ctypes.c_uint64 * 2)(*SELF_MARK))
+        self._obj, self.mode = self._load(path, config, root_pid, tuple(own_pids), modes)
         try:
             self._rb = libbpf.RingBuffer(self._obj.map_fd("events"), self._raw.append)
             if root_pid is not None:
                 # Processes forked before the fork hook was attached: find them in /proc,
                 # twice, so a fork racing with the first scan is caught by the second.
                 for _ in range(2):
-                    self.add_pids(_descendants(root_pid))
+                    self.add_pids(_descendants([root_pid], _processes()))
         except BaseException:
             self.close()
             raise
         self.load_ms = (time.perf_counter() - start) * 1000
 
     def _load(
-        self, path: Path, config: _Config, root_pid: int | None, modes: Sequence[str]
+        self, path: Path, config: _Config, root_pid: int | None, own: tuple[int, ...],
+        modes: Sequence[str],
     ) -> tuple[libbpf.BpfObject, str]:
         first: OSError | None = None
         for mode in modes:
@@ -163,7 +209,7 @@ class Tracer:
                 first = first or exc
                 continue
             try:
-                self._configure(obj, config, root_pid)
+                self._configure(obj, config, root_pid, own)
                 self._links = [obj.attach(program) for program in programs]
                 return obj, mode
             except OSError as exc:
@@ -176,9 +222,12 @@ class Tracer:
         raise TraceUnavailable(first.errno or errno.EINVAL, _describe(first)) from first
 
     @staticmethod
-    def _configure(obj: libbpf.BpfObject, config: _Config, root_pid: int | None) -> None:
+    def _configure(obj: libbpf.BpfObject, config: _Config, root_pid: int | None,
+                   own: tuple[int, ...]) -> None:
         # Filter before attaching, so no other process's event is ever queued.
         libbpf.map_update(obj.map_fd("config"), ctypes.c_uint32(0), config, "config")
+        for pid in own:
+            libbpf.map_update(obj.map_fd("own"), ctypes.c_uint32(pid), ctypes.c_uint32(1), "own")
         if root_pid is not None:
             libbpf.map_update(
                 obj.map_fd("traced"), ctypes.c_uint32(root_pid), ctypes.c_uint32(1), "traced"

@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -49,6 +50,50 @@ def host_http() -> Iterator[int]:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- root stacks: mstack-stack from this checkout ------------------------------------------
+
+CLI = [sys.executable, "-m", "mstack_bpf.cli.stack"]
+
+
+def stack_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``mstack-stack ARGS...`` from this checkout; ``env`` adds to ours."""
+    return run([*CLI, *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def ok(*args: str) -> str:
+    res = stack_cli(*args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def info(name: str) -> dict[str, Any]:
+    for entry in json.loads(ok("list", "--json")):
+        if entry["name"] == name:
+            return dict(entry)
+    raise AssertionError(f"{name} not listed")
+
+
+def netns_exec(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return run(["ip", "netns", "exec", name, *argv], timeout=15)
+
+
+@pytest.fixture
+def new_name() -> Iterator[Callable[[], str]]:
+    """Unique stack names; every one is deleted afterwards, whatever happened."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"tst{os.getpid() % 10000}{random.randrange(16**4):04x}"
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        stack_cli("del", "--force", name)
+        if os.path.lexists(f"/run/netns/{name}"):  # e.g. an external one a test made
+            run(["ip", "netns", "del", name])
 
 
 # --- nobody and its rootless stacks ----------------------------------------------------------
@@ -115,7 +160,7 @@ def nobody() -> Iterator[Nobody]:
     finally:
         base = xdg / "mstack"
         for entry in base.iterdir() if base.is_dir() else []:
-            user.cli("del", entry.name)
+            user.cli("del", "--force", entry.name)
             _kill_recorded(entry / "state.json")
         shutil.rmtree(home, ignore_errors=True)
 

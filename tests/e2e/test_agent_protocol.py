@@ -139,6 +139,7 @@ def test_trees_that_come_and_go_leave_nothing_behind(agent: Agent, netns: Netns)
     callers' status files and pidfds are a cache of the last 64 threads: creds.py)."""
     notes = {"io.mstack.stack": netns.name}
     stand_in(agent, state(notes))  # imports and caches as in steady state
+    assert wait_until(lambda: threads(agent) == 1, timeout=10)  # and that tree released
     before = held(agent)
     for _ in range(20):
         assert stand_in(agent, state(notes)) == {"cookie": netns.cookie}

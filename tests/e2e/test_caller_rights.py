@@ -210,6 +210,35 @@ def test_socket_carries_the_callers_cgroup(netns: Netns, cgroup_rule: str) -> No
     assert mstack("-o", "4", netns.name, PYTHON, "-c", SEND).stdout.strip() == "sent"
 
 
+REPEAT_THEN_JOIN = """
+import errno, os, socket, sys
+def send():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", ("127.0.0.1", 9999))
+        return "sent"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    finally:
+        s.close()
+before = {send() for _ in range(20)}
+with open(sys.argv[1] + "/cgroup.procs", "w") as procs:
+    procs.write(str(os.getpid()))
+print(sorted(before), sorted({send() for _ in range(20)}))
+"""
+
+
+def test_a_caller_that_moves_to_another_cgroup_gets_sockets_of_its_new_cgroup(
+        netns: Netns, cgroup_rule: str) -> None:
+    """20 sockets in the supervisor's cgroup (the C loop makes them once the thread
+    repeats), then the same thread moves to the cgroup the stack's rule drops: every later
+    socket is that cgroup's."""
+    cp = mstack("--keep-namespace", "-o", "4", netns.name, PYTHON, "-c", REPEAT_THEN_JOIN,
+                cgroup_rule)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split("\n")[0] == "['sent'] ['EPERM']"
+
+
 MSOCKET = ("import socket,struct,sys,mstack_bpf;"
            "s=mstack_bpf.msocket(sys.argv[1].encode('utf-8','surrogateescape'),socket.AF_INET);"
            "print(struct.unpack('=Q',s.getsockopt(1,71,8))[0])")

@@ -195,6 +195,35 @@ def test_verbose_prints_the_mapping_on_stderr_before_the_exec(netns: Netns) -> N
     assert cp.stdout == ""
 
 
+def test_verbose_mapping_reads_specific_lines_first(netns: Netns) -> None:
+    """The general line ("all other families -> native") is the rest: it comes last."""
+    cp = mstack("-v", "-o", "ip", netns.name, "true")
+    assert cp.returncode == 0, cp.stderr
+    mapping = [line for line in cp.stderr.splitlines() if " -> " in line]
+    assert [("all other" in line, netns.name in line) for line in mapping] == [
+        (False, True), (True, False)], mapping
+
+
+def test_verbose_prints_no_mapping_when_mstack_fails(netns: Netns) -> None:
+    """A run that is never set up (exit 125: here a nested -v under an outer lock) shows the
+    error alone, not a mapping that never took effect."""
+    cp = mstack("--lock", "-o", "ip", "null", "sh", "-c",
+                f"{MSTACK} -v -o ip {netns.name} true")
+    assert cp.returncode == 125, cp.stderr
+    assert cp.stderr.startswith("mstack: the network mapping is locked"), cp.stderr
+    assert " -> " not in cp.stderr and "lives " not in cp.stderr
+
+
+def test_debug_lines_name_a_continue_without_a_made_up_fd(netns: Netns) -> None:
+    """-vvv: a native call answered CONTINUE is the kernel's own; it made no fd of ours."""
+    cp = mstack("-vvv", "--keep-namespace", "-o", "ip", netns.name, PYTHON, "-c",
+                "import socket; socket.socket(socket.AF_UNIX)")
+    assert cp.returncode == 0, cp.stderr
+    decisions = [line for line in cp.stderr.splitlines() if " socket unix -> " in line]
+    assert decisions and all(line.endswith("-> continue: the kernel's own")
+                             for line in decisions), decisions
+
+
 def test_without_verbose_stderr_is_the_command_s_only(netns: Netns) -> None:
     cp = mstack("-o", "ip", netns.name, "sh", "-c", "echo COMMAND-RAN >&2")
     assert cp.stderr == "COMMAND-RAN\n"

@@ -8,7 +8,6 @@ Every stack has a unique name and is deleted in a finalizer, also when the test 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import random
 import shutil
@@ -17,58 +16,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mstack_bpf.stacks import addrs
 from tests.conftest import needs_root, run
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "mstack_bpf.cli.stack"]
+from tests.e2e.conftest import info, netns_exec, ok, stack_cli
 
 pytestmark = needs_root
-
-
-def stack_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``mstack-stack ARGS...`` from this checkout; ``env`` adds to ours."""
-    return run([*CLI, *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-
-
-def ok(*args: str) -> str:
-    res = stack_cli(*args)
-    assert res.returncode == 0, res.stderr
-    return res.stdout
-
-
-def info(name: str) -> dict[str, Any]:
-    for entry in json.loads(ok("list", "--json")):
-        if entry["name"] == name:
-            return dict(entry)
-    raise AssertionError(f"{name} not listed")
-
-
-def netns_exec(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return run(["ip", "netns", "exec", name, *argv], timeout=15)
-
-
-@pytest.fixture
-def new_name() -> Iterator[Callable[[], str]]:
-    """Unique stack names; every one is deleted afterwards, whatever happened."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"tst{os.getpid() % 10000}{random.randrange(16**4):04x}"
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        stack_cli("del", name)
-        if os.path.lexists(f"/run/netns/{name}"):  # e.g. an external one a test made
-            run(["ip", "netns", "del", name])
 
 
 def free_subnet() -> str:

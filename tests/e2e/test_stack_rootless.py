@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import COOKIE_SOURCE, VENV_PYTHON, cookie_code
-from tests.e2e.conftest import Nobody, in_stack, unique
+from tests.conftest import COOKIE_SOURCE, MSTACK, VENV_PYTHON, cookie_code, stop_process
+from tests.e2e.conftest import SETPRIV, Nobody, in_stack, unique
+from tests.e2e.test_stack_usage import SERVER
 
 PY = VENV_PYTHON
 
@@ -124,3 +126,30 @@ def test_rootless_tun_unusable(nobody: Nobody) -> None:
         assert not (nobody.xdg / "mstack" / name).exists()
     finally:
         os.chmod("/dev/net/tun", mode)
+
+
+def test_rootless_del_refuses_while_a_server_listens_in_the_stack(nobody: Nobody) -> None:
+    """nobody's server under ``mstack -o ip NAME`` lives where nobody is (mstack may not
+    enter a rootless stack), its listening socket in the stack: del names it and refuses;
+    list shows the owner by name."""
+    name = unique()
+    nobody.ok("add", name)
+    row = next(ln.split() for ln in nobody.ok("list").splitlines() if ln.startswith(name + " "))
+    assert row[2] == "nobody", row
+    assert nobody.info(name)["owner_name"] == "nobody"
+    env = [f"{k}={v}" for k, v in nobody.env.items()]
+    server = subprocess.Popen(
+        [*SETPRIV, "env", "-i", *env, MSTACK, "-o", "ip", name, PY, "-c", SERVER],
+        stdout=subprocess.PIPE, text=True, cwd=nobody.home)
+    try:
+        assert server.stdout is not None and server.stdout.readline()
+        users = {u["pid"]: u["how"] for u in nobody.info(name)["users"]}
+        assert users.get(server.pid) == "socket", users
+        res = nobody.cli("del", name)
+        assert res.returncode == 125, res.stderr
+        assert f"pid {server.pid} (python" in res.stderr and "has a socket in it" in res.stderr
+        assert nobody.info(name)["live"]
+    finally:
+        stop_process(server)
+    nobody.ok("del", name)
+    assert not (nobody.xdg / "mstack" / name).exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MSTACK, SAFE_PATH, needs_root, run
+from tests.conftest import BINDIR, MSTACK, PREFIX, SAFE_PATH, needs_root, run
 
 pytestmark = needs_root
 
@@ -42,7 +42,7 @@ def provision() -> tuple[int, str, set[str]]:
     """Run provision.sh; return its status, output and the namespaces it left."""
     before = netns_names()
     env = {"PATH": SAFE_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
-           "SKIP_TESTS": "1"}
+           "SKIP_TESTS": "1", "MSTACK_PREFIX": PREFIX, "MSTACK_BINDIR": BINDIR}
     proc = subprocess.Popen(["bash", str(VAGRANT / "provision.sh"), str(REPO)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

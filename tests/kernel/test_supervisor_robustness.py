@@ -74,7 +74,8 @@ def test_no_fd_leak_with_native_and_unix_calls_too(netns: Netns, host_cookie: in
 
 def test_emfile_in_the_target_is_reported_and_the_supervisor_goes_on(netns: Netns,
                                                                      host_cookie: int) -> None:
-    with Stepper("-o", "ip", netns.name,
+    # redirected: the EMFILE must come from ADDFD, and SYNC (AF_UNIX) must be a CONTINUE
+    with Stepper(*REDIRECTED, "-o", "ip", netns.name,
                  steps=("loop,1,2", SYNC, "emfile", "families,2", SYNC)) as target:
         sv = the_supervisor(target)
         assert target.go() == {"failures": {}}
@@ -128,7 +129,7 @@ def test_targets_killed_mid_stream_leave_the_supervisor_serving(netns: Netns,
     which the first storm fills; a leak would grow again with the second."""
     rounds = 300
     storm = f"killstorm,{rounds},2"
-    with Stepper("-o", "ip", netns.name,
+    with Stepper(*REDIRECTED, "-o", "ip", netns.name,
                  steps=(storm, SYNC, storm, SYNC, "loop,1000,2")) as target:
         sv = the_supervisor(target)
         served = {"killed": rounds, "after": {"cookie": netns.cookie, "uid": 0}}

@@ -37,7 +37,7 @@ def trace(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[st
 def test_command_json_and_exit_status() -> None:
     proc = trace("--json", "--", PY, "-c", WORK)
     assert proc.returncode == 3, proc.stderr
-    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
     made = [r for r in records if r["call"] == "socket" and r["fds"]]
     assert [(r["family_name"], r["type_name"], r["stack"]) for r in made] == [
         ("ipv6", "dgram|cloexec", "native")
@@ -52,13 +52,39 @@ def test_text_columns_and_summary_in_netns(netns_name: str) -> None:
     code = "import socket; socket.socket(socket.AF_INET)"
     proc = trace("-s", "--", "ip", "netns", "exec", netns_name, PY, "-c", code)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["TIME", "PID", "COMM", "CALL", "FAMILY", "TYPE", "FD/ERR", "STACK"]
+    lines = proc.stderr.splitlines()
+    assert lines[0].split() == ["TIME", "PID", "COMM", "CALL", "FAMILY", "FD/ERR", "STACK", "TYPE"]
     inet = [line.split() for line in lines[1:] if " ipv4 " in line]
-    assert len(inet) == 1 and inet[0][-1] == netns_name and inet[0][3] == "socket"
-    table = proc.stderr.splitlines()
+    assert len(inet) == 1 and inet[0][-2] == netns_name and inet[0][3] == "socket"
+    table = lines[lines.index(next(line for line in lines if line.startswith("FAMILY"))):]
     assert table[0].split() == ["FAMILY", "STACK", "SOCKETS", "REFUSED"]
     assert ["ipv4", netns_name, "1", "-"] in [row.split() for row in table[1:]]
+
+
+PRINTS = "import socket\nprint('{\"hello\"')\nsocket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+
+
+def test_events_stay_apart_from_the_commands_output(tmp_path: Path) -> None:
+    """As strace: the events go to stderr (or -o FILE), COMMAND's stdout stays its own, so
+    a pipe after mstack-trace gets COMMAND's output and the events parse as JSON lines."""
+    proc = trace("--json", "--", PY, "-c", PRINTS)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == '{"hello"\n'
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [r["family_name"] for r in records if r["fds"]] == ["ipv6"]
+    out = tmp_path / "events.json"
+    proc = trace("--json", "-s", "-o", str(out), "--", PY, "-c", PRINTS)
+    assert proc.returncode == 0 and proc.stdout == '{"hello"\n' and proc.stderr == ""
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["family_name"] for line in lines[:-2]] == ["ipv6"]
+    assert [line.split() for line in lines[-2:]] == [  # -s: there too
+        ["FAMILY", "STACK", "SOCKETS", "REFUSED"], ["ipv6", "native", "1", "-"]]
+
+
+def test_output_to_a_file_that_cannot_be_written_exits_125(tmp_path: Path) -> None:
+    proc = trace("-o", str(tmp_path / "missing" / "x"), "--", "true")
+    assert proc.returncode == 125
+    assert proc.stderr.startswith("mstack-trace: cannot write ")
 
 
 def test_pid_mode_stops_cleanly_on_sigterm() -> None:

@@ -101,8 +101,16 @@ def test_nested_lock_adds_a_listener_less_filter() -> None:
     mapping = Mapping().with_families(IP, NULL).locked_all()
     p = _plan(mapping, IP, nested=True, root=False, verbose=1)
     spec = FilterSpec.nested_lock(mapping, IP)
-    assert p.nested and not p.supervised and not p.watcher and p.no_new_privs
+    assert p.nested and not p.supervised and p.no_new_privs
+    assert p.watcher  # -v: a watcher traces this mstack's subtree
     assert p.filter == tuple(compile_filter(spec)) and not spec.supervised
+
+
+def test_a_nested_verbose_run_gets_a_watcher() -> None:
+    """Nested, -v has no supervisor of its own to load the tracer: a watcher does."""
+    nested = Mapping().with_families(IP, BLUE)
+    assert _plan(nested, IP, nested=True, verbose=1).watcher
+    assert not _plan(nested, IP, nested=True, verbose=0).watcher
 
 
 def test_a_home_under_a_lock_or_a_policy_may_not_change_its_namespace() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mstack_bpf.trace.events import Call, Event
 from mstack_bpf.trace.summary import (
     EVENT_HEADER,
@@ -106,11 +108,24 @@ def test_event_line_columns() -> None:
         "STACK": "blue",
     }
     refused = format_event(ev(ret=-97, family=10), NAMES, 0).split()
-    assert refused[-2:] == ["EAFNOSUPPORT", "-"]
+    assert refused[-3:-1] == ["EAFNOSUPPORT", "-"]
     pair = format_event(ev(Call.SOCKETPAIR, family=1, ret=0, fds=(5, 6)), NAMES, 0).split()
-    assert pair[3:] == ["socketpair", "unix", "stream|cloexec", "5,6", "native"]
+    assert pair[3:] == ["socketpair", "unix", "5,6", "native", "stream|cloexec"]
     i386 = format_event(ev(ia32=True), NAMES, 0).split()
     assert i386[3] == "socket32"
+
+
+def test_event_columns_hold_with_the_longest_values() -> None:
+    """The longest TYPE (every flag) and errno names stay in their columns: TYPE is last,
+    so every other column starts where the header's does."""
+    header = EVENT_HEADER
+    starts = [header.index(name) for name in ("CALL", "FAMILY", "FD/ERR", "STACK", "TYPE")]
+    long_type = 5 | 0o2000000 | 0o4000  # seqpacket|cloexec|nonblock
+    for event in (ev(type=long_type), ev(ret=-93, type=long_type, netns=0)):  # EPROTONOSUPPORT
+        line = format_event(event, NAMES, 0)
+        for start in starts:
+            assert line[start - 1] == " " and line[start] != " ", (line, start)
+    assert format_event(ev(type=long_type), NAMES, 0).endswith("seqpacket|cloexec|nonblock")
 
 
 def test_event_record_is_json_ready() -> None:
@@ -119,3 +134,19 @@ def test_event_record_is_json_ready() -> None:
     assert record["stack"] is None and record["sock_netns"] is None
     assert record["time"] == 1.0
     assert event_record(ev(), NAMES, 0)["stack"] == "native"
+
+
+def test_a_refusal_shows_on_the_row_of_the_stack_its_family_is_mapped_to() -> None:
+    """ICMP refused by blue's own kernel (its ping_group_range) is blue's, on ipv4's one row;
+    an msocket that named a stack of its own has no known stack."""
+    events = [ev(netns=BLUE), ev(ret=-13)]
+    assert summarize(events, NAMES, {2: "blue"}) == [Row(2, "blue", 1, (("EACCES", 1),))]
+    named = dataclasses.replace(ev(Call.MSOCKET, ret=-97), named=True)
+    default = ev(Call.MSOCKET, ret=-97)
+    assert summarize([named, default], NAMES, {2: "blue"}) == [
+        Row(2, "-", 0, (("EAFNOSUPPORT", 1),)), Row(2, "blue", 0, (("EAFNOSUPPORT", 1),))]
+
+
+def test_the_record_says_whether_mstack_made_the_call() -> None:
+    assert event_record(ev(), NAMES, 0)["mstack"] is False
+    assert event_record(dataclasses.replace(ev(), mstack=True), NAMES, 0)["mstack"] is True

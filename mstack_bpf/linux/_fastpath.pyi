@@ -1,0 +1,3 @@
+def serve(listener: int, notif_address: int, others: tuple[int, ...], timeout_ms: int,
+          answers: bytes, context: tuple[int, int, int, bool, int, int, int, bool, bytes, bytes],
+          /) -> tuple[int, int, int, int]: ...

@@ -11,9 +11,9 @@ SHAREDIR ?= /usr/local/share/mstack
 INCDIR   ?= /usr/local/include
 APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
             iproute2 iputils-ping iperf3 curl passt slirp4netns nftables procps psmisc util-linux
-#: only what tests/e2e/test_agent.py runs (mstack-agent with real containers): kept out of
+#: only what tests/e2e/test_agent*.py run (mstack-agent with real containers): kept out of
 #: the base install, installed by `make test`
-APT_CONTAINER_PKGS := podman crun runc busybox-static
+APT_CONTAINER_PKGS := podman crun runc containerd busybox-static
 PYTEST_ARGS ?=
 
 .PHONY: all deps deps-containers venv build install demo test lint unit bench clean

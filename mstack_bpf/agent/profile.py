@@ -60,10 +60,10 @@ GOARCH = {"SCMP_ARCH_X86_64": "amd64", "SCMP_ARCH_AARCH64": "arm64", "SCMP_ARCH_
 SPO_API = "security-profiles-operator.x-k8s.io/v1beta1"
 
 
-def _spo_rule(rule: dict[str, Any], goarch: str) -> dict[str, Any] | None:
-    """A rule as the SeccompProfile CRD takes it, or None where it cannot say the rule's
-    condition: grants under capabilities (``includes.caps``, left out: stricter) and rules of
-    other architectures. Denials for lacking a capability (``excludes.caps``) are kept."""
+def _oci_rule(rule: dict[str, Any], goarch: str) -> dict[str, Any] | None:
+    """A rule as the runtime-spec's ``LinuxSeccomp`` states it, or None where it cannot say
+    the rule's condition: grants under capabilities (``includes.caps``, left out: stricter)
+    and rules of other architectures. Denials for lacking a capability are kept."""
     includes, excludes = rule.get("includes") or {}, rule.get("excludes") or {}
     if includes.get("caps") or includes.get("minKernel"):
         return None
@@ -76,26 +76,38 @@ def _spo_rule(rule: dict[str, Any], goarch: str) -> dict[str, Any] | None:
         out["args"] = [{k: a[k] for k in ("index", "value", "valueTwo", "op") if k in a}
                        for a in rule["args"]]
     if "errnoRet" in rule:
-        out["errnoRet"] = str(rule["errnoRet"])  # a string in the CRD
+        out["errnoRet"] = rule["errnoRet"]
     return out
 
 
-def spo_profile(profile: dict[str, Any], name: str,
-                arch: str = "SCMP_ARCH_X86_64") -> dict[str, Any]:
-    """``profile`` (an OCI profile, as :func:`notify_profile` makes it) as a Security Profiles
-    Operator ``SeccompProfile`` named ``name``, for nodes of architecture ``arch``."""
+def oci_seccomp(profile: dict[str, Any], arch: str = "SCMP_ARCH_X86_64") -> dict[str, Any]:
+    """``profile`` (containers-common's format, as :func:`notify_profile` makes it) as the
+    runtime-spec's ``linux.seccomp`` for ``arch``: what ``ctr run --seccomp-profile`` and a
+    bundle's config.json take (no ``archMap``, no ``includes``/``excludes``)."""
     goarch = GOARCH.get(arch, arch)
     arches = [arch]
     for entry in profile.get("archMap") or []:
         if entry.get("architecture") == arch:
             arches += entry.get("subArchitectures") or []
-    spec: dict[str, Any] = {"defaultAction": profile["defaultAction"], "architectures": arches}
-    if "listenerPath" in profile:
-        spec["listenerPath"] = profile["listenerPath"]
-    if "listenerMetadata" in profile:
-        spec["listenerMetadata"] = profile["listenerMetadata"]
-    rules = (_spo_rule(r, goarch) for r in profile.get("syscalls") or [])
-    spec["syscalls"] = [r for r in rules if r is not None]
+    out: dict[str, Any] = {"defaultAction": profile["defaultAction"], "architectures": arches}
+    for key in ("defaultErrnoRet", "listenerPath", "listenerMetadata"):
+        if key in profile:
+            out[key] = profile[key]
+    rules = (_oci_rule(r, goarch) for r in profile.get("syscalls") or [])
+    out["syscalls"] = [r for r in rules if r is not None]
+    return out
+
+
+def spo_profile(profile: dict[str, Any], name: str,
+                arch: str = "SCMP_ARCH_X86_64") -> dict[str, Any]:
+    """``profile`` as a Security Profiles Operator ``SeccompProfile`` named ``name``: the
+    runtime-spec form, less what the CRD has no field for (``defaultErrnoRet``: unknown
+    calls then get EPERM), ``errnoRet`` as the string the CRD wants."""
+    spec = oci_seccomp(profile, arch)
+    spec.pop("defaultErrnoRet", None)
+    for rule in spec["syscalls"]:
+        if "errnoRet" in rule:
+            rule["errnoRet"] = str(rule["errnoRet"])
     return {"apiVersion": SPO_API, "kind": "SeccompProfile", "metadata": {"name": name},
             "spec": spec}
 

@@ -23,6 +23,7 @@ from mstack_bpf.agent.profile import (
     DEFAULT_SOCKET,
     ProfileError,
     notify_profile,
+    oci_seccomp,
     spo_profile,
     to_yaml,
 )
@@ -90,7 +91,10 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
               help="The mapping for every container under this profile (listenerMetadata).")
 @click.option("--spo", "spo_name", default=None, metavar="NAME",
               help="Print it as the Security Profiles Operator's SeccompProfile NAME (YAML).")
-def profile(base: str | None, path: str, metadata: str | None, spo_name: str | None) -> None:
+@click.option("--oci", is_flag=True,
+              help="Print it as runtime-spec linux.seccomp (ctr run --seccomp-profile).")
+def profile(base: str | None, path: str, metadata: str | None, spo_name: str | None,
+            oci: bool) -> None:
     """Print a seccomp profile that sends every socket call to the agent."""
     source = base or DEFAULT_BASE
     try:
@@ -105,8 +109,10 @@ def profile(base: str | None, path: str, metadata: str | None, spo_name: str | N
         out = notify_profile(doc, os.path.abspath(path), metadata)
     except ProfileError as e:
         raise UsageError(f"{source}: {e}") from None
+    if spo_name is not None and oci:
+        raise click.UsageError("--spo and --oci are two formats: choose one")
     if spo_name is None:
-        click.echo(json.dumps(out, indent=1))
+        click.echo(json.dumps(oci_seccomp(out) if oci else out, indent=1))
     else:
         click.echo(f"# mstack-agent profile --spo {spo_name}" + (
             f" --metadata '{metadata}'" if metadata else "") + "\n" + to_yaml(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BINDIR, USER_PATH, VENV_PYTHON, build_c, run, wait_until
+from tests.conftest import BINDIR, HELPERS, USER_PATH, VENV_PYTHON, build_c, run, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: as ``nobody`` by name, as a user would type it (AS_NOBODY in tests/conftest.py by number)
@@ -244,3 +244,22 @@ def agents(base: Path) -> Iterator[Callable[..., Agent]]:
     finally:
         for agent in made:
             agent.kill()
+
+
+#: busybox applets the containers' shell scripts use
+APPLETS = ("sh", "sleep", "cat", "touch", "test", "[", "echo", "mkdir")
+
+
+def probe_rootfs(root: Path) -> None:
+    """A container image's files: busybox-static with its applets, and the probe
+    (tests/helpers/escape.c) compiled static."""
+    (root / "bin").mkdir(parents=True)
+    (root / "tmp").mkdir()
+    (root / "ctl").mkdir()
+    for lib in ("lib", "lib64"):  # for the host's /usr, mounted in to run a nested mstack
+        (root / lib).symlink_to(f"usr/{lib}")
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    run(["cc", "-O2", "-static", "-I", str(HELPERS), "-o", str(root / "bin" / "escape"),
+         str(HELPERS / "escape.c")], check=True)

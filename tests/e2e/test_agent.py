@@ -24,7 +24,6 @@ import pytest
 
 from tests.conftest import (
     BINDIR,
-    HELPERS,
     PREFIX,
     PYTHON,
     MakeNetns,
@@ -35,14 +34,12 @@ from tests.conftest import (
     run,
     wait_until,
 )
-from tests.e2e.conftest import AGENT, Agent, agents
+from tests.e2e.conftest import AGENT, Agent, agents, probe_rootfs
 
 IMAGE = "localhost/mstack-agent-probe"
 RUNTIMES = ["crun", "runc"]
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 ABIS = ("x86_64", "high32", "i386_socket", "i386_socketcall")
-#: busybox applets the containers' shell scripts use
-APPLETS = ("sh", "sleep", "cat", "touch", "test", "[", "echo", "mkdir")
 
 pytestmark = [
     needs_root,
@@ -73,20 +70,6 @@ class Podman:
         return int(self("inspect", "-f", "{{.State.Pid}}", name).stdout)
 
 
-def _rootfs(root: Path) -> None:
-    """busybox-static with its applets, and the probe compiled static."""
-    (root / "bin").mkdir(parents=True)
-    (root / "tmp").mkdir()
-    (root / "ctl").mkdir()
-    for lib in ("lib", "lib64"):  # for the host's /usr, mounted in to run a nested mstack
-        (root / lib).symlink_to(f"usr/{lib}")
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
-    run(["cc", "-O2", "-static", "-I", str(HELPERS), "-o", str(root / "bin" / "escape"),
-         str(HELPERS / "escape.c")], check=True)
-
-
 @pytest.fixture(scope="module")
 def podman() -> Iterator[Podman]:
     if not Path("/bin/busybox").exists():
@@ -94,7 +77,7 @@ def podman() -> Iterator[Podman]:
     base = Path(tempfile.mkdtemp(prefix="mstack-agent-test-"))
     pm = Podman(base)
     try:
-        _rootfs(base / "rootfs")
+        probe_rootfs(base / "rootfs")
         with tarfile.open(base / "image.tar", "w") as tar:
             tar.add(base / "rootfs", arcname=".")
         imported = pm("import", "-q", str(base / "image.tar"), IMAGE)

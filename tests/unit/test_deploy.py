@@ -15,7 +15,14 @@ import pytest
 import yaml
 
 from mstack_bpf.agent.config import parse_config
-from mstack_bpf.agent.profile import DEFAULT_BASE, DEFAULT_SOCKET, NOTIFIED, spo_profile, to_yaml
+from mstack_bpf.agent.profile import (
+    DEFAULT_BASE,
+    DEFAULT_SOCKET,
+    NOTIFIED,
+    oci_seccomp,
+    spo_profile,
+    to_yaml,
+)
 from mstack_bpf.agent.request import Request, parse_metadata
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
@@ -111,6 +118,9 @@ def test_spo_profile_keeps_what_it_can_state() -> None:
              "excludes": {"caps": ["X"]}},
             {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
              "args": [{"index": 0, "value": 8, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]}]}
+    oci = oci_seccomp({**base, "defaultErrnoRet": 38})
+    assert oci["defaultErrnoRet"] == 38 and oci["syscalls"][2]["errnoRet"] == 1  # numbers
+    assert "archMap" not in oci and oci["listenerPath"] == "/s"
     spec = spo_profile(base, "n")["spec"]
     assert spec["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
     assert [r["names"] for r in spec["syscalls"]] == [["read"], ["arch_prctl"], ["bpf"],

@@ -40,6 +40,18 @@ tar -C "$SRC" --exclude=./.git --exclude=./build --exclude='*.egg-info' --exclud
     --exclude=./.vagrant --exclude=./vagrant/.vagrant -cf - . | tar -C "$TREE" -xf - || exit 1
 cd "$TREE"
 
+step "network: nothing but the mirror's guestfwd"
+# The guest must reach neither the mirror's own address (only the guestfwd leads there) nor
+# a name server: qemu's restrict=on and the image's empty resolv.conf.
+mirror_ip="$(cat "$OUT/mirror-ip" 2>/dev/null)"
+if [ -n "$mirror_ip" ] && curl -s -o /dev/null --noproxy '*' -m 10 "http://$mirror_ip/"; then
+    echo "guest: reached $mirror_ip directly: the VM's network is not isolated"; exit 1
+fi
+if getent ahosts deb.debian.org >/dev/null; then
+    echo "guest: resolved a host name: the guest must use no name server"; exit 1
+fi
+echo "guest: $mirror_ip and DNS unreachable, as they must be"
+
 step "apt-get update (the mirror, through qemu's guestfwd)"
 apt-get update -qq || { echo "guest: the apt mirror is not reachable"; exit 1; }
 
@@ -51,13 +63,13 @@ if [ -n "$only" ]; then
     step "pytest $only"
     # shellcheck disable=SC2086
     MSTACK_PREFIX=/opt/mstack MSTACK_BINDIR=/usr/local/bin /opt/mstack/bin/python -m pytest \
-        -q -p no:cacheprovider -rs $only
+        -q -p no:cacheprovider -rfEs $(cat "$OUT/pytest-args") $only
     status=$?
     exit
 fi
 
 step "make test"
-make --no-print-directory test PYTEST_ARGS="-rs $(cat "$OUT/pytest-args" 2>/dev/null)"
+make --no-print-directory test PYTEST_ARGS="-rfEs --durations=10 $(cat "$OUT/pytest-args")"
 tests=$?
 step "make test: exit status $tests"
 

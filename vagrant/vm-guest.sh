@@ -21,6 +21,9 @@ trap finish EXIT
 
 step() { printf '\n==> guest: %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 export DEBIAN_FRONTEND=noninteractive
+# What a root login has and a systemd service lacks (without HOME, Python's start-up asks
+# NSS for the home directory: sockets that traced commands would show).
+export HOME=/root USER=root LOGNAME=root
 export PATH="/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The guest reaches no PyPI: pip installs from the wheels build-box downloaded.
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELS" PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -16,7 +16,7 @@ APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bp
 APT_CONTAINER_PKGS := podman crun runc containerd busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: all deps deps-containers venv build install demo test lint unit bench clean
+.PHONY: all deps deps-containers venv build install demo test lint unit bench clean vm-box vm-test vm-clean
 
 all: install
 
@@ -71,6 +71,19 @@ bench: install
 	@dpkg -s umview >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umview >/dev/null
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PREFIX)/bin/pip install -q matplotlib
 	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) bench/run.py
+
+# The Debian 12 test VM (vagrant/README.md): not part of `make test`.
+MSTACK_VM_CACHE ?= /var/cache/mstack-vm
+export MSTACK_VM_CACHE
+
+vm-box:
+	vagrant/build-box
+
+vm-test:
+	PYTEST_ARGS='$(PYTEST_ARGS)' vagrant/vm-test
+
+vm-clean:
+	rm -rf $(MSTACK_VM_CACHE)
 
 clean:
 	rm -rf build *.egg-info tests/bin mstack_bpf/linux/*.so

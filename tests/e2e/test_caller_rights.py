@@ -189,7 +189,8 @@ def cgroup_rule(netns: Netns) -> Iterator[str]:
                  f" }}; add rule inet t out socket cgroupv2 level 1 \\\"{name}\\\" "
                  "udp dport 9999 drop")
         subprocess.run(["unshare", "-m", "sh", "-ec",
-                        "mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && "
+                        "mount --make-rprivate / && { [ \"$(stat -fc %T /sys/fs/cgroup)\" = "
+                        "cgroup2fs ] || mount -t cgroup2 none /sys/fs/cgroup; } && "
                         f"nsenter --net={netns.path} nft \"{rules}\""],
                        check=True, capture_output=True, text=True, timeout=30)
         yield path

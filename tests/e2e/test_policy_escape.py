@@ -257,10 +257,16 @@ def ns_paths(outside: Outside, workdir: Path) -> Iterator[dict[str, str]]:
     run(["mount", "--bind", outside.ns.path, str(mount)], check=True)
     own = ["/proc/self/ns/net", "/proc/thread-self/ns/net", "fd:/proc/self/ns/net"]
     elsewhere = [outside.ns.path, outside.ns.name, f"../netns/{outside.ns.name}",
-                 f"./{outside.ns.name}", "/proc/1/ns/net", f"/proc/{outside.pid}/ns/net",
+                 f"./{outside.ns.name}", f"/proc/{outside.pid}/ns/net",
                  str(mount), f"fd:{outside.ns.path}"]
+    # init's namespace: the native one where init shares ours (a VM, a plain host)
+    try:
+        init_is_native = os.stat("/proc/1/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:  # hidden from us: certainly not ours
+        init_is_native = False
     try:
         yield {"-": "-", "native": "native", "/dev/net/native": "native", "null": "null",
+               "/proc/1/ns/net": "native" if init_is_native else "elsewhere",
                **dict.fromkeys(own, "own"), **dict.fromkeys(elsewhere, "elsewhere")}
     finally:
         run(["umount", "-l", str(mount)])

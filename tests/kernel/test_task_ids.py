@@ -19,6 +19,28 @@ libc = ctypes.CDLL(None, use_errno=True)
 NR_setfsuid, NR_setfsgid = 122, 123
 
 
+def _pidfd_info_missing() -> str | None:
+    """Why this kernel cannot describe a thread through its pidfd (None: it can)."""
+    try:
+        fd = pidfd.open_thread(threading.get_native_id())
+    except OSError as e:
+        return f"the kernel has no PIDFD_THREAD (Linux 6.9): pidfd_open: {e.strerror}"
+    try:
+        pidfd.task_ids(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
+            raise
+        return f"the kernel has no PIDFD_GET_INFO (Linux 6.13): {e.strerror}"
+    finally:
+        os.close(fd)
+    return None
+
+
+PIDFD_INFO_MISSING = _pidfd_info_missing()
+needs_pidfd_info = pytest.mark.skipif(PIDFD_INFO_MISSING is not None,
+                                      reason=str(PIDFD_INFO_MISSING))
+
+
 @pytest.fixture
 def thread_with_fs_ids() -> Iterator[int]:
     """A thread of ours whose fsuid/fsgid alone are 4321/8765 (raw calls: this thread only)."""
@@ -44,6 +66,7 @@ def thread_with_fs_ids() -> Iterator[int]:
         t.join()
 
 
+@needs_pidfd_info
 def test_pidfd_info_gives_one_threads_ids(thread_with_fs_ids: int) -> None:
     fd = pidfd.open_thread(thread_with_fs_ids)
     try:
@@ -56,6 +79,7 @@ def test_pidfd_info_gives_one_threads_ids(thread_with_fs_ids: int) -> None:
     assert pidfd.task_ids(pidfd.open_thread(threading.get_native_id())).uids[3] == own.uids[3]
 
 
+@needs_pidfd_info
 def test_fs_ids_agree_with_the_status_file(thread_with_fs_ids: int) -> None:
     status = creds.read_creds(thread_with_fs_ids)
     first = creds.read_fs_ids(thread_with_fs_ids)
@@ -71,6 +95,18 @@ def test_fs_ids_from_the_status_file_on_kernels_without_pidfd_info(
     assert (ids.fsuid, ids.fsgid) == (4321, 8765)
 
 
+@pytest.mark.skipif(PIDFD_INFO_MISSING is None, reason="the kernel has PIDFD_GET_INFO")
+def test_fs_ids_fall_back_to_the_status_file_for_good_on_this_kernel(
+        thread_with_fs_ids: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 6.13 the first try finds no PIDFD_GET_INFO (before 6.9 no PIDFD_THREAD):
+    the status file answers, now and from then on."""
+    monkeypatch.setattr(creds, "_pidfd_info", True)
+    ids = creds.read_fs_ids(thread_with_fs_ids)
+    assert (ids.fsuid, ids.fsgid, ids.cgroup) == (4321, 8765, None)
+    assert not creds._pidfd_info
+
+
+@needs_pidfd_info
 def test_a_live_thread_pidfd_info_refuses_is_read_from_the_status_file(
         thread_with_fs_ids: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """ESRCH from PIDFD_GET_INFO is not taken for "gone" while /proc still has the thread
@@ -84,6 +120,7 @@ def test_a_live_thread_pidfd_info_refuses_is_read_from_the_status_file(
     assert creds._pidfd_info  # still used for the next call
 
 
+@needs_pidfd_info
 def test_a_reaped_thread_reads_as_gone() -> None:
     tids: list[int] = []
     t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))

@@ -460,7 +460,7 @@ def test_a_second_seccomp_listener_is_refused(case: Case) -> None:
 
 def test_socket_passed_in_over_af_unix_from_outside_is_received(case: Case,
                                                                 outside: Outside) -> None:
-    """DOCUMENTED LIMIT (README threat model), allowed to succeed: a process outside the
+    """DOCUMENTED LIMIT (docs/threat-model.md), allowed to succeed: a process outside the
     policy may hand the target any socket over AF_UNIX (SCM_RIGHTS); the socket lives in the
     outsider's namespace. No seccomp filter sees a descriptor arrive with recvmsg(2), and
     AF_UNIX cannot be refused without breaking local IPC. This test pins the behaviour so
@@ -472,7 +472,7 @@ def test_socket_passed_in_over_af_unix_from_outside_is_received(case: Case,
 
 def test_root_target_writes_another_process_memory_through_proc(case: Case,
                                                                 outside: Outside) -> None:
-    """DOCUMENTED LIMIT (README threat model), allowed to succeed: a root target (it has
+    """DOCUMENTED LIMIT (docs/threat-model.md), allowed to succeed: a root target (it has
     CAP_SYS_PTRACE) can write the memory of any process through /proc/PID/mem, also of
     processes outside the policy (here the holder; the supervisor too). The path is in
     memory, out of a filter's reach; only dropping CAP_SYS_PTRACE (or running the command as

@@ -66,6 +66,33 @@ _EBPF_MISSING = _ebpf_missing()
 needs_ebpf = pytest.mark.skipif(_EBPF_MISSING is not None, reason=str(_EBPF_MISSING))
 
 
+def _pidfd_info_missing() -> str | None:
+    """Why this kernel cannot describe a thread through its pidfd (None: it can)."""
+    import errno
+    import threading
+
+    from mstack_bpf.linux import pidfd as _pidfd
+
+    try:
+        fd = _pidfd.open_thread(threading.get_native_id())
+    except OSError as e:
+        return f"the kernel has no PIDFD_THREAD (Linux 6.9): pidfd_open: {e.strerror}"
+    try:
+        _pidfd.task_ids(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
+            raise
+        return f"the kernel has no PIDFD_GET_INFO (Linux 6.13): {e.strerror}"
+    finally:
+        os.close(fd)
+    return None
+
+
+PIDFD_INFO_MISSING = _pidfd_info_missing()
+needs_pidfd_info = pytest.mark.skipif(PIDFD_INFO_MISSING is not None,
+                                      reason=str(PIDFD_INFO_MISSING))
+
+
 # --- running programs ---------------------------------------------------------------------
 
 

@@ -12,7 +12,16 @@ import uuid
 
 import pytest
 
-from tests.conftest import COOKIE_SOURCE, MSTACK, PYTHON, Netns, mstack, needs_ebpf, needs_root
+from tests.conftest import (
+    COOKIE_SOURCE,
+    MSTACK,
+    PYTHON,
+    Netns,
+    mstack,
+    needs_ebpf,
+    needs_pidfd_info,
+    needs_root,
+)
 
 pytestmark = needs_root
 
@@ -172,7 +181,9 @@ def test_a_stream_of_traced_events_does_not_starve_the_callers(netns: Netns) -> 
                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60)
     assert cp.returncode == 0
     waits = json.loads(cp.stdout)
-    assert max(waits) < 2, waits  # starved: the first waits for the whole storm (4 s)
+    # starved, the first waits for the whole 4 s storm; served, well under it (0.2 s here,
+    # 2.4 s at worst under TCG emulation on Linux 6.1)
+    assert max(waits) < 3, waits
 
 
 REUSE = """
@@ -215,6 +226,7 @@ os.waitpid(pid, 0)
 """
 
 
+@needs_pidfd_info  # the C loop makes sockets only where a pidfd describes its caller
 def test_a_reused_tid_gets_a_pidfd_of_its_own(netns: Netns) -> None:
     """A process makes sockets and exits; another one gets its tid (clone3 with set_tid)
     and makes sockets too. The supervisor then holds no pidfd of the one gone: the C loop

@@ -12,33 +12,13 @@ from collections.abc import Iterator
 import pytest
 
 from mstack_bpf.linux import creds, pidfd, sched
-from tests.conftest import cpus_allowed, needs_root
+from tests.conftest import PIDFD_INFO_MISSING, cpus_allowed, needs_pidfd_info, needs_root
 
 pytestmark = needs_root  # setfsuid to another uid
 libc = ctypes.CDLL(None, use_errno=True)
 NR_setfsuid, NR_setfsgid = 122, 123
 
 
-def _pidfd_info_missing() -> str | None:
-    """Why this kernel cannot describe a thread through its pidfd (None: it can)."""
-    try:
-        fd = pidfd.open_thread(threading.get_native_id())
-    except OSError as e:
-        return f"the kernel has no PIDFD_THREAD (Linux 6.9): pidfd_open: {e.strerror}"
-    try:
-        pidfd.task_ids(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
-            raise
-        return f"the kernel has no PIDFD_GET_INFO (Linux 6.13): {e.strerror}"
-    finally:
-        os.close(fd)
-    return None
-
-
-PIDFD_INFO_MISSING = _pidfd_info_missing()
-needs_pidfd_info = pytest.mark.skipif(PIDFD_INFO_MISSING is not None,
-                                      reason=str(PIDFD_INFO_MISSING))
 
 
 @pytest.fixture

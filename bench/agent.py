@@ -48,15 +48,20 @@ class Bench:
             tar.add(rootfs, arcname=".")
         self.run("import", "-q", str(base / "image.tar"), IMAGE)
         self.profile = base / "profile.json"
-        self.profile.write_text(subprocess.run([AGENT, "profile", "--socket", str(self.sock)],
-                                               check=True, capture_output=True,
-                                               text=True).stdout)
+        self.profile.write_text(self._profile())
+        #: the filter waits killably: the agent co-locates (agent.py)
+        self.killable = base / "killable.json"
+        self.killable.write_text(self._profile("--wait-killable"))
         (base / "none.toml").write_text("")  # the defaults, whatever /etc/mstack holds
         self.agent = subprocess.Popen([AGENT, "serve", "--socket", str(self.sock), "--config",
                                        str(base / "none.toml")], stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not self.sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _profile(self, *flags: str) -> str:
+        return subprocess.run([AGENT, "profile", "--socket", str(self.sock), *flags],
+                              check=True, capture_output=True, text=True).stdout
 
     def run(self, *args: str) -> str:
         cp = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -66,11 +71,13 @@ class Bench:
             raise RuntimeError(f"podman {' '.join(args[:3])}...: {cp.stderr[-300:]}")
         return cp.stdout
 
-    def container(self, ns: str | None, *command: str, detach: bool = False) -> str:
+    def container(self, ns: str | None, *command: str, detach: bool = False,
+                  killable: bool = True) -> str:
         flags = ["--runtime", "crun", "--network", "none", "--env", "REPS=7",
                  "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
         if ns is not None:
-            flags += ["--security-opt", f"seccomp={self.profile}",
+            profile = self.killable if killable else self.profile
+            flags += ["--security-opt", f"seccomp={profile}",
                       f"--annotation=io.mstack.stack={ns}",
                       "--annotation=io.mstack.families=ipv4"]
         return self.run("run", "-d" if detach else "--rm", *flags, IMAGE, *command)
@@ -117,11 +124,18 @@ def agent_rows(add: Callable[..., None], measure: Measure, mstack: str, ns: str,
     with bench(workload) as b:
         host: list[tuple[float, float]] = []
         inside: list[tuple[float, float]] = []
-        for _ in range(rounds):  # interleaved: drift lands on both
+        plain: list[tuple[float, float]] = []
+        for _ in range(rounds):  # interleaved: drift lands on all three
             host.append(measure([mstack, "--keep-namespace", "-o", "4", ns], "socket", "2",
                                 "3000"))
             inside.append(_json(b.container(ns, "/workload", "socket", "2", "3000")))
-        for name, got in ((HOST, host), ("in a container, through mstack-agent (crun)", inside)):
+            plain.append(_json(b.container(ns, "/workload", "socket", "2", "3000",
+                                           killable=False)))
+        for name, got in ((HOST, host),
+                          ("in a container, through mstack-agent (crun, --wait-killable)",
+                           inside),
+                          ("the same, profile without --wait-killable (no co-location)",
+                           plain)):
             add(GROUP, name, min(r[0] for r in got), statistics.median(r[1] for r in got))
         for name, ns_or_none in (("default profile", None), ("through mstack-agent", ns)):
             times = []

@@ -4,9 +4,10 @@ the supervisor (:func:`mstack_bpf.supervisor.main.build`), one thread per proces
 Threads, not processes: a supervisor's per-call state is its own (its listener, tables,
 registry, slow lane, and the namespace and credentials its thread switches, which are per
 thread: factory.py, creds.py), and one process keeps the agent's memory flat however many
-containers it serves. Co-location stays off: it relies on the listener waiting killably
-(``SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV``), which the runtime, not we, would have to set
-(runc 1.1.5 refuses every seccomp flag).
+containers it serves. Co-location (supervisor/colocate.py) relies on the listener waiting
+killably (``SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV``), which only the runtime sets: it is on
+for a container whose bundle's config.json asks for that flag (``mstack-agent profile
+--wait-killable``; crun applies it, runc 1.1.5 refuses every flag), off for every other.
 
 Fail closed: a container whose mapping cannot be decided is served all the same, with
 ``EACCES`` for every call; a listener that cannot be served at all is closed (its calls
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -25,6 +27,7 @@ import threading
 from mstack_bpf.agent import server
 from mstack_bpf.agent.config import AgentConfig
 from mstack_bpf.agent.message import MessageError, parse
+from mstack_bpf.agent.profile import waits_killably
 from mstack_bpf.agent.request import Request, RequestError, choose
 from mstack_bpf.core.errors import StackError
 from mstack_bpf.core.model import Mapping, StackKind
@@ -35,6 +38,9 @@ from mstack_bpf.supervisor.loop import describe
 from mstack_bpf.supervisor.main import SetupError, build
 
 log = logging.getLogger("mstack.agent")
+
+#: a bundle's config.json larger than this is not read (it then gets no co-location)
+MAX_CONFIG = 16 << 20
 
 
 class Refusal(Exception):
@@ -82,6 +88,19 @@ def decide_mapping(metadata: str, annotations: dict[str, str],
         raise Refusal(str(e)) from None
 
 
+def waits_killably_in(bundle: str) -> bool:
+    """Whether the runtime was asked to set the container's filter up to wait killably:
+    its bundle's config.json says so. Unreadable: no (the agent then only loses speed)."""
+    if not os.path.isabs(bundle):
+        return False
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            return waits_killably(json.loads(f.read(MAX_CONFIG)))
+    except (OSError, ValueError, RecursionError) as e:
+        log.debug("bundle %s: no co-location: %s", bundle, e)
+        return False
+
+
 class Agent:
     def __init__(self, config: AgentConfig, sock: socket.socket, verbose: int = 0) -> None:
         self.config = config
@@ -112,7 +131,7 @@ class Agent:
             if not listeners:
                 log.warning("refused a message with no listener: %s", e)
             for fd in listeners:
-                self._serve(fd, "?", None, f"unreadable message: {e}")
+                self._serve(fd, "?", None, f"unreadable message: {e}", colocate=False)
             return
         listener = fds.pop(arrival.listener)
         server.close_all(fds)
@@ -121,20 +140,21 @@ class Agent:
                         arrival.container)
             os.close(listener)
             return
+        colocate = waits_killably_in(arrival.bundle)
         try:
             decided = decide_mapping(arrival.metadata, arrival.annotations, self.config)
         except Refusal as e:
-            self._serve(listener, arrival.container, None, str(e))
+            self._serve(listener, arrival.container, None, str(e), colocate)
         else:
-            self._serve(listener, arrival.container, decided, None)
+            self._serve(listener, arrival.container, decided, None, colocate)
 
     def _serve(self, listener: int, container: str,
-               decided: tuple[Mapping, tuple[OpenStack, ...]] | None, refusal: str | None
-               ) -> None:
+               decided: tuple[Mapping, tuple[OpenStack, ...]] | None, refusal: str | None,
+               colocate: bool) -> None:
         """Serve one listener until every task under it has gone (this thread's work)."""
         mapping, stacks = decided or (Mapping(), ())
         try:
-            supervisor = build(listener, mapping, stacks, colocate=False,
+            supervisor = build(listener, mapping, stacks, colocate=colocate,
                                refuse=errno.EACCES if refusal else 0)
         except (SetupError, OSError) as e:
             log.error("container %s: cannot serve it, its socket calls fail: %s", container, e)
@@ -144,7 +164,9 @@ class Agent:
             log.warning("container %s: refused, its socket calls fail with EACCES: %s",
                         container, refusal)
         else:
-            log.info("container %s: %s", container, "; ".join(mapping.describe()))
+            log.info("container %s: %s%s", container, "; ".join(mapping.describe()),
+                     " (co-located: the filter waits killably)"
+                     if supervisor.injector.enabled else "")
         if self.verbose:
             supervisor.observers.append(
                 lambda *call: log.info("container %.12s: %s", container, describe(*call)))

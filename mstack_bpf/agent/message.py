@@ -30,6 +30,8 @@ class Arrival:
     listener: int
     metadata: str = ""
     annotations: dict[str, str] = field(default_factory=dict)
+    #: the container's bundle (its config.json says how the runtime set the filter up)
+    bundle: str = ""
 
 
 def _object(value: object, what: str) -> dict[str, object]:
@@ -61,4 +63,5 @@ def parse(data: bytes, fds: int) -> Arrival:
     annotations = _object(state.get("annotations") or {}, '"state.annotations"')
     checked = {key: _string(value, f"annotation {key!r}") for key, value in annotations.items()}
     metadata = _string(doc.get("metadata") or "", '"metadata"')
-    return Arrival(container, index, metadata, checked)
+    bundle = _string(state.get("bundle") or "", '"state.bundle"')
+    return Arrival(container, index, metadata, checked, bundle)

@@ -8,6 +8,12 @@ the architectures, per-family conditions on ``socket`` cannot be mixed with othe
 looks at a family: ``socket``, ``socketpair`` and ``socketcall`` leave every rule of the base
 and get one unconditional ``SCMP_ACT_NOTIFY``; the agent answers CONTINUE for the families a
 container keeps, and reads i386 socketcall's arguments from memory.
+
+``--wait-killable`` adds the filter flag ``SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`` (Linux
+5.19): once the agent has received a call, only a fatal signal ends the caller's wait. The
+agent reads it back from the bundle's config.json (:func:`waits_killably`) and only then
+injects on the caller's CPU (supervisor/colocate.py). crun 1.8.1 applies the flag; runc
+1.1.5 refuses every flag, so a runc container under such a profile does not start.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 NOTIFIED = ("socket", "socketpair", "socketcall")
 DEFAULT_BASE = "/usr/share/containers/seccomp.json"
 DEFAULT_SOCKET = "/run/mstack/agent.sock"
+WAIT_KILLABLE = "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"
 
 
 class ProfileError(ValueError):
@@ -26,8 +33,9 @@ class ProfileError(ValueError):
 
 
 def notify_profile(base: dict[str, Any], listener_path: str,
-                   metadata: str | None = None) -> dict[str, Any]:
-    """``base`` with the socket calls notified to the agent at ``listener_path``."""
+                   metadata: str | None = None, wait_killable: bool = False) -> dict[str, Any]:
+    """``base`` with the socket calls notified to the agent at ``listener_path``; with
+    ``wait_killable``, the filter flag that lets the agent co-locate."""
     if not isinstance(base, dict) or "defaultAction" not in base:
         raise ProfileError("not a seccomp profile (no defaultAction)")
     rules = base.get("syscalls")
@@ -51,7 +59,20 @@ def notify_profile(base: dict[str, Any], listener_path: str,
         out["listenerMetadata"] = metadata
     else:
         out.pop("listenerMetadata", None)
+    flags = out.get("flags") or []
+    if not isinstance(flags, list):
+        raise ProfileError("flags is not an array")
+    if wait_killable and WAIT_KILLABLE not in flags:
+        out["flags"] = [*flags, WAIT_KILLABLE]
     return out
+
+
+def waits_killably(config: object) -> bool:
+    """Whether a bundle's config.json (runtime-spec) asks for the killable wait."""
+    linux = config.get("linux") if isinstance(config, dict) else None
+    seccomp = linux.get("seccomp") if isinstance(linux, dict) else None
+    flags = seccomp.get("flags") if isinstance(seccomp, dict) else None
+    return isinstance(flags, list) and WAIT_KILLABLE in flags
 
 
 #: Go's names (containers-common's ``includes.arches``) of the libseccomp architectures
@@ -90,7 +111,7 @@ def oci_seccomp(profile: dict[str, Any], arch: str = "SCMP_ARCH_X86_64") -> dict
         if entry.get("architecture") == arch:
             arches += entry.get("subArchitectures") or []
     out: dict[str, Any] = {"defaultAction": profile["defaultAction"], "architectures": arches}
-    for key in ("defaultErrnoRet", "listenerPath", "listenerMetadata"):
+    for key in ("defaultErrnoRet", "listenerPath", "listenerMetadata", "flags"):
         if key in profile:
             out[key] = profile[key]
     rules = (_oci_rule(r, goarch) for r in profile.get("syscalls") or [])

@@ -11,8 +11,13 @@ backend, explicit rlimits, and in a private mount namespace without /sys/fs/cgro
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import select
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -22,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from mstack_bpf.agent import server
+from mstack_bpf.linux.seccomp import Listener
 from tests.conftest import (
     BINDIR,
     PREFIX,
@@ -30,6 +37,7 @@ from tests.conftest import (
     Netns,
     Report,
     cookie_code,
+    cpus_allowed,
     needs_root,
     run,
     wait_until,
@@ -58,11 +66,14 @@ class Podman:
                      "--tmpdir", str(base / "tmp"), "--network-config-dir", str(base / "net"),
                      "--cgroup-manager=cgroupfs", "--events-backend=file"]
 
+    def command(self, *args: str) -> list[str]:
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"', "sh", *self.args, *args]
+
     def __call__(self, *args: str, timeout: float = 90,
                  stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"', "sh", *self.args, *args],
+            self.command(*args),
             input=stdin.decode("latin-1") if stdin is not None else None,
             capture_output=True, text=True, timeout=timeout)
 
@@ -308,3 +319,100 @@ def test_nothing_inside_changes_the_mapping(
     assert "another seccomp listener" in cp.stderr
     assert host_cookie != netns.cookie
 
+
+
+# --- co-location: only where the runtime made the filter wait killably ------------------
+
+
+def tasks(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def wait_killable_profile(agent: Agent, socket_path: Path | None = None) -> None:
+    agent.profile.write_text(run([AGENT, "profile", "--wait-killable", "--socket",
+                                  str(socket_path or agent.socket)], check=True).stdout)
+
+
+@pytest.mark.parametrize("killable", [True, False], ids=["wait-killable", "plain"])
+def test_the_agent_colocates_only_where_the_filter_waits_killably(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns,
+        killable: bool) -> None:
+    """A burst of sockets in one thread pins the thread serving it (colocate.py) — only
+    when the bundle's config.json asks for SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV."""
+    agent = make_agent()
+    if killable:
+        wait_killable_profile(agent)
+    if killable and containers.runtime == "runc":  # runc 1.1.5 refuses every seccomp flag
+        cp = containers.run(agent, ip_to(netns), "echo started")
+        assert cp.returncode != 0 and "started" not in cp.stdout
+        return
+    name = containers.start(agent, ip_to(netns), "/bin/escape burst 2 1 300")
+    assert containers.reports(name, 1)[0] == {"last": {"cookie": netns.cookie}, "failed": 0}
+    assert agent.proc is not None
+    pinned = [t for t in tasks(agent.proc.pid) if len(cpus_allowed(t)) == 1]
+    assert len(pinned) == (1 if killable else 0), agent.text()
+    assert ("co-located" in agent.text()) == killable
+
+
+def test_crun_makes_the_filter_wait_killably(podman: Podman, netns: Netns,
+                                             tmp_path: Path) -> None:
+    """What co-location relies on, checked in the kernel: under a --wait-killable profile a
+    stopped caller's received call stays pending (SECCOMP_IOCTL_NOTIF_ID_VALID); under the
+    plain profile the stop interrupts it. The test plays the agent."""
+    if shutil.which("crun") is None:
+        pytest.skip("needs crun (make test installs it)")
+    containers = Containers(podman, "crun")
+    fake = Agent(podman.base)  # its profile and socket, never started
+    try:
+        results = {}
+        for killable in (True, False):
+            if killable:
+                wait_killable_profile(fake)
+            else:
+                fake.profile.write_text(run([AGENT, "profile", "--socket", str(fake.socket)],
+                                            check=True).stdout)
+            results[killable] = stopped_call_stays_pending(containers, fake)
+        assert results == {True: True, False: False}
+    finally:
+        containers.remove()
+
+
+def stopped_call_stays_pending(containers: Containers, fake: Agent) -> bool:
+    """Start a container whose first socket() comes to us; SIGSTOP the caller; is the
+    call still pending? Then fail every call until the container is gone."""
+    with contextlib.closing(server.listen(str(fake.socket))) as sock:
+        sock.settimeout(60)
+        runner = subprocess.Popen(
+            containers.podman.command("run", "--rm", *containers.flags(fake, {}), IMAGE,
+                                      "/bin/escape", "sock", "2", "1", "0"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fds: list[int] = []
+        try:
+            conn, _ = sock.accept()
+            with conn:
+                _, fds = server.receive(conn)
+            listener = Listener(fds[0])
+            assert select.select([listener.fd], [], [], 60)[0], "no call came"
+            notif = listener.recv()
+            assert listener.id_valid(notif.id)
+            os.kill(notif.pid, signal.SIGSTOP)
+            try:  # a killable wait ignores the stop (and the caller never gets to stop)
+                pending = not wait_until(lambda: not listener.id_valid(notif.id), timeout=2)
+                state = "D" if pending else "T"  # waiting killably, or stopped
+                assert wait_until(lambda: proc_state(notif.pid) == state, timeout=10)
+            finally:
+                os.kill(notif.pid, signal.SIGCONT)
+            if pending:
+                listener.send(notif.id, error=-errno.ENETDOWN)
+            with contextlib.suppress(OSError):  # until every caller has gone (POLLHUP)
+                while select.select([listener.fd], [], [], 30)[0]:
+                    listener.send(listener.recv().id, error=-errno.ENETDOWN)
+            return pending
+        finally:
+            server.close_all(fds)
+            runner.wait(timeout=60)
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]

@@ -7,6 +7,8 @@
  *   escape remap FAMILY TYPE PROTO  msocket(-5) SOCK_DEFAULT to "null" for every family, and
  *                                   a seccomp filter with NEW_LISTENER (a nested supervisor's
  *                                   two doors), then the socket
+ *   escape burst FAMILY TYPE N      N socket()+close() back to back in one thread, then the
+ *                                   last socket's cookie and how many calls failed
  *
  * A socket is reported as {"cookie": N} (SO_NETNS_COOKIE, the namespace it lives in), a
  * failure as {"errno": "NAME"}. Build: cc -O2 -o escape escape.c (no multilib needed). */
@@ -159,9 +161,27 @@ static int remap(int family, int type, int proto) {
     return 0;
 }
 
+/* A caller that makes sockets back to back: what co-location is for (colocate.py). */
+static int burst(int family, int type, int count) {
+    char buf[128] = "null";
+    int failed = 0;
+    for (int i = 0; i < count; i++) {
+        errno = 0;
+        long r = syscall(SYS_socket, family, type, 0);
+        if (r < 0)
+            failed++;
+        if (i == count - 1)
+            describe(buf, sizeof buf, r, errno);
+        else if (r >= 0)
+            close((int)r);
+    }
+    printf("{\"last\": %s, \"failed\": %d}\n", buf, failed);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 5) {
-        fprintf(stderr, "usage: escape sock|clone|remap FAMILY TYPE PROTO\n");
+        fprintf(stderr, "usage: escape sock|clone|remap FAMILY TYPE PROTO | burst FAMILY TYPE N\n");
         return 2;
     }
     int family = atoi(argv[2]), type = atoi(argv[3]), proto = atoi(argv[4]);
@@ -171,6 +191,8 @@ int main(int argc, char **argv) {
         return clones(family, type, proto);
     if (strcmp(argv[1], "remap") == 0)
         return remap(family, type, proto);
+    if (strcmp(argv[1], "burst") == 0)
+        return burst(family, type, proto);
     fprintf(stderr, "escape: unknown command %s\n", argv[1]);
     return 2;
 }

@@ -10,7 +10,13 @@ import pytest
 
 from mstack_bpf.agent.config import AgentConfig, ConfigError, parse_config
 from mstack_bpf.agent.message import MessageError, parse
-from mstack_bpf.agent.profile import ProfileError, notify_profile
+from mstack_bpf.agent.profile import (
+    WAIT_KILLABLE,
+    ProfileError,
+    notify_profile,
+    oci_seccomp,
+    waits_killably,
+)
 from mstack_bpf.agent.request import Request, RequestError, choose, parse_metadata
 from mstack_bpf.core.families import ALL_FAMILIES
 from mstack_bpf.core.model import NATIVE, NULL, Stack, StackKind
@@ -35,6 +41,7 @@ def test_message_names_container_listener_and_annotations() -> None:
     assert (arrival.container, arrival.listener) == ("abc", 1)
     assert arrival.annotations == {"io.mstack.stack": "blue"}
     assert parse(message(metadata="stack=x"), 1).metadata == "stack=x"
+    assert arrival.bundle == "/b"
 
 
 @pytest.mark.parametrize("data, fds, why", [
@@ -47,6 +54,7 @@ def test_message_names_container_listener_and_annotations() -> None:
     (message(state={"annotations": {}}), 1, "state.id"),
     (message(state={"id": "a", "annotations": {"k": 1}}), 1, "annotation 'k'"),
     (message(metadata=7), 1, "metadata"),
+    (message(state={"id": "a", "bundle": ["/b"]}), 1, "state.bundle"),
 ])
 def test_message_refused(data: bytes, fds: int, why: str) -> None:
     with pytest.raises(MessageError, match=why):
@@ -176,3 +184,40 @@ def test_profile_notifies_every_socket_call_and_nothing_else_names_them() -> Non
 def test_profile_refuses_what_is_no_profile(base: dict[str, Any]) -> None:
     with pytest.raises(ProfileError):
         notify_profile(base, "/s")
+
+
+def test_wait_killable_asks_the_runtime_for_the_flag_once() -> None:
+    assert notify_profile(BASE, "/s", wait_killable=True)["flags"] == [WAIT_KILLABLE]
+    logged = {**BASE, "flags": ["SECCOMP_FILTER_FLAG_LOG"]}
+    both = notify_profile(logged, "/s", wait_killable=True)
+    assert both["flags"] == ["SECCOMP_FILTER_FLAG_LOG", WAIT_KILLABLE]
+    assert notify_profile(both, "/s", wait_killable=True)["flags"] == both["flags"]
+    assert notify_profile(logged, "/s")["flags"] == ["SECCOMP_FILTER_FLAG_LOG"]  # kept
+    assert oci_seccomp(both)["flags"] == both["flags"]  # ctr run, config.json
+    with pytest.raises(ProfileError, match="flags"):
+        notify_profile({**BASE, "flags": "x"}, "/s", wait_killable=True)
+
+
+@pytest.mark.parametrize("config, killable", [
+    ({"linux": {"seccomp": {"flags": [WAIT_KILLABLE]}}}, True),
+    ({"linux": {"seccomp": {"flags": ["SECCOMP_FILTER_FLAG_LOG", WAIT_KILLABLE]}}}, True),
+    ({"linux": {"seccomp": {"flags": ["SECCOMP_FILTER_FLAG_LOG"]}}}, False),
+    ({"linux": {"seccomp": {"flags": WAIT_KILLABLE}}}, False),  # not the spec's array
+    ({"linux": {"seccomp": {}}}, False),
+    ({"linux": {}}, False),
+    ({"linux": None}, False),
+    ([], False),
+])
+def test_what_a_bundle_says_about_the_killable_wait(config: object, killable: bool) -> None:
+    assert waits_killably(config) is killable
+
+
+def test_the_agent_reads_the_flag_from_the_bundle_and_nothing_else(tmp_path: Any) -> None:
+    from mstack_bpf.agent.agent import waits_killably_in
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"linux": {"seccomp": {"flags": [WAIT_KILLABLE]}}}))
+    assert waits_killably_in(str(tmp_path))
+    assert not waits_killably_in(tmp_path.name)  # relative: not a bundle the runtime names
+    assert not waits_killably_in(str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text("{" * 100000)
+    assert not waits_killably_in(str(tmp_path))

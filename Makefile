@@ -41,7 +41,7 @@ build: venv
 
 install: venv build
 	@$(PREFIX)/bin/pip install -q --disable-pip-version-check '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@cd / && $(PY) -c 'import mstack_bpf.linux._colocate, mstack_bpf.linux._fastpath' || { echo "install failed" >&2; exit 1; }
+	@cd / && $(PY) -c 'import mstack_bpf.linux._colocate, mstack_bpf.linux._fastpath, mstack_bpf.linux._visit' || { echo "install failed" >&2; exit 1; }
 	@for cmd in mstack mstack-trace mstack-stack mstack-agent; do \
 	  if [ -x $(PREFIX)/bin/$$cmd ]; then ln -sf $(PREFIX)/bin/$$cmd $(BINDIR)/$$cmd; fi; done
 	@mkdir -p $(MANDIR) $(MAN5DIR) $(MAN8DIR) $(INCDIR) $(SHAREDIR)/policy

@@ -69,6 +69,7 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
     """Serve the containers' socket calls until killed."""
     from mstack_bpf.agent.agent import Agent
     from mstack_bpf.agent.server import listen
+    from mstack_bpf.linux import prctl
     from mstack_bpf.supervisor.main import raise_fd_limit
 
     config = load_config(config_path or DEFAULT_PATH, required=config_path is not None)
@@ -77,6 +78,9 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
     logging.basicConfig(stream=sys.stderr, format=f"{PROG}: %(message)s",
                         level=logging.DEBUG if verbose >= 2 else logging.INFO)
     raise_fd_limit()
+    # Not dumpable, as mstack's supervisor: the children that make a container's sockets in
+    # its cgroup share our memory and take its ids (supervisor/visitor.py).
+    prctl.set_dumpable(False)
     sock = listen(path)
     logging.getLogger("mstack.agent").info("serving %s (%s)", path, config.source)
     Agent(config, sock, verbose).serve()
@@ -93,8 +97,11 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
               help="Print it as the Security Profiles Operator's SeccompProfile NAME (YAML).")
 @click.option("--oci", is_flag=True,
               help="Print it as runtime-spec linux.seccomp (ctr run --seccomp-profile).")
+@click.option("--wait-killable", is_flag=True,
+              help="Ask the runtime for SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: the agent then "
+                   "answers on the caller's CPU (crun takes it; runc 1.1.5 refuses it).")
 def profile(base: str | None, path: str, metadata: str | None, spo_name: str | None,
-            oci: bool) -> None:
+            oci: bool, wait_killable: bool) -> None:
     """Print a seccomp profile that sends every socket call to the agent."""
     source = base or DEFAULT_BASE
     try:
@@ -106,7 +113,7 @@ def profile(base: str | None, path: str, metadata: str | None, spo_name: str | N
     except (ValueError, RecursionError) as e:
         raise UsageError(f"{source}: not JSON: {e}") from None
     try:
-        out = notify_profile(doc, os.path.abspath(path), metadata)
+        out = notify_profile(doc, os.path.abspath(path), metadata, wait_killable)
     except ProfileError as e:
         raise UsageError(f"{source}: {e}") from None
     if spo_name is not None and oci:
@@ -115,7 +122,8 @@ def profile(base: str | None, path: str, metadata: str | None, spo_name: str | N
         click.echo(json.dumps(oci_seccomp(out) if oci else out, indent=1))
     else:
         click.echo(f"# mstack-agent profile --spo {spo_name}" + (
-            f" --metadata '{metadata}'" if metadata else "") + "\n" + to_yaml(
+            f" --metadata '{metadata}'" if metadata else "") + (
+            " --wait-killable" if wait_killable else "") + "\n" + to_yaml(
                 spo_profile(out, spo_name)))
 
 

@@ -202,6 +202,46 @@ def _setgroups(groups: tuple[int, ...]) -> None:
     syscall(NR_setgroups, len(groups), ctypes.addressof(array), call="setgroups")
 
 
+class Switch(NamedTuple):
+    """What taking a target's credentials sets: its filesystem ids only (``fs``), or its
+    gids (real, effective, saved), uids (real, effective, and our saved uid), groups and
+    capability sets. Applied on a thread and undone (:func:`switched`), or for good by a
+    child that only makes a socket (``supervisor/visitor.py``)."""
+
+    fs: tuple[int, int] | None  # fsuid, fsgid
+    gids: tuple[int, int, int] = (0, 0, 0)
+    uids: tuple[int, int, int] = (0, 0, 0)
+    groups: tuple[int, ...] = ()
+    cap_eff: int = 0
+    cap_prm: int = 0
+
+
+def filesystem_switch(target: FsIds) -> Switch:
+    return Switch((target.fsuid, target.fsgid))
+
+
+def target_switch(target: Creds, own: Creds) -> Switch:
+    """The switch to ``target``'s credentials. The saved uid stays ours so that the
+    permitted set survives and the switch can be undone. Capabilities count only in the
+    target's own user namespace: a target in another one gets none here, since its CapEff
+    would mean more in ours than in its own."""
+    cap_eff = target.cap_eff if target.userns == own.userns else 0
+    return Switch(None, target.gids[:3], (target.uids[0], target.uids[1], own.uids[2]),
+                  target.groups, cap_eff & own.cap_prm, own.cap_prm)
+
+
+def take(switch: Switch) -> None:
+    """Apply ``switch`` to this thread (raw calls: this thread only)."""
+    if switch.fs is not None:
+        syscall(NR_setfsuid, switch.fs[0], call="setfsuid")
+        syscall(NR_setfsgid, switch.fs[1], call="setfsgid")
+        return
+    _setgroups(switch.groups)
+    syscall(NR_setresgid, *switch.gids, call="setresgid")
+    syscall(NR_setresuid, *switch.uids, call="setresuid")
+    _capset(switch.cap_eff, switch.cap_prm)
+
+
 @contextmanager
 def as_filesystem_user(target: FsIds) -> Iterator[None]:
     """Create files (sockets) owned by the target: enough for TCP, UDP, UNIX and netlink."""
@@ -215,19 +255,14 @@ def as_filesystem_user(target: FsIds) -> Iterator[None]:
 
 
 @contextmanager
-def as_target(target: Creds, own: Creds) -> Iterator[None]:
-    """Take the target's uids, gids, groups and effective capabilities, on this thread only.
-
-    The saved uid stays ours so that the permitted set survives and the switch can be undone.
-    Capabilities count only in the target's own user namespace: a target in another one
-    gets none here, since its CapEff would mean more in ours than in its own.
-    """
-    cap_eff = target.cap_eff if target.userns == own.userns else 0
+def switched(switch: Switch, own: Creds) -> Iterator[None]:
+    """``switch`` taken on this thread only, and ours (``own``) given back."""
+    if switch.fs is not None:
+        with as_filesystem_user(FsIds(*switch.fs, reopened=False)):
+            yield
+        return
     try:  # a step that fails half-way is undone too: the thread must never keep them
-        _setgroups(target.groups)
-        syscall(NR_setresgid, target.gids[0], target.gids[1], target.gids[2], call="setresgid")
-        syscall(NR_setresuid, target.uids[0], target.uids[1], own.uids[2], call="setresuid")
-        _capset(cap_eff & own.cap_prm, own.cap_prm)
+        take(switch)
         yield
     finally:
         syscall(NR_setresuid, own.uids[0], own.uids[1], own.uids[2], call="setresuid")

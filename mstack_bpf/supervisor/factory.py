@@ -118,12 +118,31 @@ class StackSockets:
         """(slow lane) The socket or pair made in ``target``'s cgroup, by a child that joins
         it (supervisor/visitor.py) and enters namespace ``ns_fd`` itself."""
         assert target.cgroup is not None
-        procs = self.cgroups.procs(target.cgroup, target.tid)
+        directory = self.cgroups.directory(target.cgroup, target.tid)
         try:
-            return visitor.make(procs, ns_fd, family, sock_type | SOCK_CLOEXEC, protocol, pair,
-                                self._as(target.creds, family, sock_type, protocol))
+            return visitor.make(directory, ns_fd, family, sock_type | SOCK_CLOEXEC, protocol,
+                                pair, self._switch(target.creds, family, sock_type, protocol))
         finally:
-            os.close(procs)
+            os.close(directory)
+
+    def visit_quickly(self, ns_fd: int, family: int, sock_type: int, protocol: int,
+                      target: Target, pair: bool) -> list[int] | None:
+        """:meth:`visit` by a child that shares our memory and answers within
+        :data:`visitor.QUICK` (on the loop); None: no such answer, for whatever reason
+        (:meth:`visit` then tries again in the slow lane, and reports)."""
+        assert target.cgroup is not None
+        try:
+            directory = self.cgroups.directory(target.cgroup, target.tid)
+        except OSError:
+            return None
+        try:
+            return visitor.make_quickly(
+                directory, ns_fd, family, sock_type | SOCK_CLOEXEC, protocol, pair,
+                self._switch(target.creds, family, sock_type, protocol))
+        except OSError:
+            return None
+        finally:
+            os.close(directory)
 
     def _enter(self, ns_fd: int, ns_ino: int) -> SocketMaker | None:
         """Be in namespace ``ns_ino``: this thread enters it, or its helper serves it."""
@@ -140,11 +159,16 @@ class StackSockets:
 
     def _as(self, target: Creds | FsIds | None, family: int, sock_type: int,
             protocol: int) -> AbstractContextManager[None] | None:
+        switch = self._switch(target, family, sock_type, protocol)
+        return None if switch is None else creds_mod.switched(switch, self.own)
+
+    def _switch(self, target: Creds | FsIds | None, family: int, sock_type: int,
+                protocol: int) -> creds_mod.Switch | None:
         if isinstance(target, FsIds) and needs_full_credentials(family, sock_type, protocol):
             raise TypeError("full credentials needed")  # never on owner ids alone
         return self._credentials(target)
 
-    def _credentials(self, target: Creds | FsIds | None) -> AbstractContextManager[None] | None:
+    def _credentials(self, target: Creds | FsIds | None) -> creds_mod.Switch | None:
         """The switch to the target's credentials, or None where ours make the same socket.
 
         Full credentials are read only for a socket whose creation checks privileges
@@ -153,10 +177,11 @@ class StackSockets:
         if target is None:
             return None
         if isinstance(target, Creds):
-            return None if _same(target, self.own) else creds_mod.as_target(target, self.own)
+            return None if _same(target, self.own) else creds_mod.target_switch(target,
+                                                                                self.own)
         if target.fsuid == self.own.uids[3] and target.fsgid == self.own.gids[3]:
             return None
-        return creds_mod.as_filesystem_user(target)
+        return creds_mod.filesystem_switch(target)
 
     def ioctl_socket(self, ns_fd: int, ns_ino: int,
                      family: int = socket.AF_UNIX) -> socket.socket:
@@ -179,10 +204,13 @@ class StackSockets:
         opened now (the tid must then be confirmed as the caller's)."""
         target = creds_mod.read_creds(tid)
         if self.privileged:
-            return self._credentials(target) or contextlib.nullcontext(), target.reopened
+            switch = self._credentials(target)
+            return (contextlib.nullcontext() if switch is None
+                    else creds_mod.switched(switch, self.own)), target.reopened
         return (contextlib.nullcontext() if _same(target, self.own) else None), target.reopened
 
     def close(self) -> None:
+        self.cgroups.close()
         for sock in self._ioctl_sockets.values():
             sock.close()
         for helper in self._helpers.values():

@@ -17,7 +17,7 @@ import resource
 
 log = logging.getLogger("mstack.supervisor")
 
-#: the supervisor's caches (status files, pidfds, interface-ioctl sockets, cgroup.procs: 64
+#: the supervisor's caches (status files, pidfds, interface-ioctl sockets, cgroup directories: 64
 #: each), the slow lane, and calls in flight
 RESERVE = 384
 

@@ -169,20 +169,33 @@ def _enter(fd: int, netns_path: str) -> tuple[int, int]:  # pragma: no cover - h
     return 0, 0
 
 
+def foreign_userns(fd: int) -> int | None:
+    """A new descriptor of the user namespace that owns network namespace ``fd``, or None
+    where that is ours (a rootless stack is owned by one of its own)."""
+    userns = owning_userns(fd)
+    try:
+        with open("/proc/self/ns/user", "rb") as own:
+            if ns_inode(own.fileno()) == ns_inode(userns):
+                os.close(userns)
+                return None
+    except BaseException:
+        os.close(userns)
+        raise
+    return userns
+
+
 def enter_stack(fd: int, steps: list[int] | None = None) -> None:
     """Move this (single-threaded) process into network namespace ``fd``, joining its
     owning user namespace first where it is not ours (a rootless stack); ``steps`` gets
     the number of each step begun (4 setns user, 5 setns net)."""
-    userns = owning_userns(fd)
-    try:
-        with open("/proc/self/ns/user", "rb") as own:
-            same = ns_inode(own.fileno()) == ns_inode(userns)
-        if not same:
+    userns = foreign_userns(fd)
+    if userns is not None:
+        try:
             if steps is not None:
                 steps.append(4)
             setns(userns, CLONE_NEWUSER)
-    finally:
-        os.close(userns)
+        finally:
+            os.close(userns)
     if steps is not None:
         steps.append(5)
     setns(fd, CLONE_NEWNET)

@@ -484,9 +484,14 @@ class Supervisor:
             os.close(fd)
 
     def _visit(self, ns_fd: int, d: Create | CreatePair, target: Target, pair: bool,
-               then: Callable[[list[int]], Step]) -> Later:
-        """The socket(s) made in the caller's cgroup by a child (slow lane: a fork, and the
-        cgroup may be frozen); ``then`` gets them on the loop. ``ns_fd`` stays the caller's."""
+               then: Callable[[list[int]], Done | Later]) -> Done | Later:
+        """The socket(s) made in the caller's cgroup by a child; ``then`` gets them on the
+        loop. A child that shares our memory and answers at once is waited for here; else
+        (a fork, a cgroup that may be frozen, any failure) the slow lane tries again and
+        reports. ``ns_fd`` stays the caller's."""
+        made = self.sockets.visit_quickly(ns_fd, d.family, d.type, d.protocol, target, pair)
+        if made is not None:
+            return then(made)
         ours = os.dup(ns_fd)
 
         def job() -> list[int]:

@@ -1,14 +1,20 @@
-"""Sockets for a caller in another cgroup, made by a short-lived child that joins it.
+"""Sockets for a caller in another cgroup, made by a short-lived child in that cgroup.
 
 A socket belongs to the cgroup (v2) of the task that creates it (``sk_alloc``), and nft's
 ``socket cgroupv2``, cgroup-BPF socket hooks and systemd's ``IPAddressDeny=`` judge it by
 that. The supervisor must not join a caller's cgroup itself: whoever owns that cgroup (a
-delegated subtree) could freeze or kill it there. A child forked for the purpose writes
-itself into the caller's ``cgroup.procs``, enters the stack (its user namespace first for a
-rootless stack: the child is single-threaded), takes the caller's credentials, makes the
-socket (or pair) and sends it back; it is then killed and reaped whatever it is doing, and
-one that does not answer within :data:`TIMEOUT` is killed too (a frozen cgroup) and the call
-fails with EAGAIN. It runs in the slow lane: a fork costs about a millisecond.
+delegated subtree) could freeze or kill it there. A child made for the purpose is in the
+caller's cgroup, enters the stack (its user namespace first for a rootless stack: the child
+is single-threaded), takes the caller's credentials, makes the socket (or pair) and sends it
+back; it is then killed and reaped whatever it is doing, and one that does not answer within
+:data:`TIMEOUT` is killed too (a frozen cgroup) and the call fails with EAGAIN.
+
+The child is born in the cgroup and shares our memory (``linux/_visit.c``: clone3 with
+``CLONE_INTO_CGROUP`` and ``CLONE_VM``), about 30 us; where that cannot be (not x86_64, Linux
+before 5.7) it is forked and writes itself into ``cgroup.procs``, about 2 ms here (the
+supervisor's page tables are copied). Every container of mstack-agent on a cgroup v2 host
+is in a cgroup of its own, so this is each of its redirected sockets. It runs in the slow
+lane (the cgroup may be frozen), after one try on the loop of at most :data:`QUICK`.
 """
 
 from __future__ import annotations
@@ -19,21 +25,55 @@ import select
 import signal
 import socket
 import struct
-from contextlib import AbstractContextManager
 
-from mstack_bpf.linux import sockets
+from mstack_bpf.linux import cgroup, creds, sockets
+from mstack_bpf.linux.creds import Switch
 from mstack_bpf.linux.ffi import SyscallError
-from mstack_bpf.supervisor.helper import enter_stack
+from mstack_bpf.supervisor.helper import enter_stack, foreign_userns
 
 TIMEOUT = 2.0
+#: how long the loop itself waits for a child that shares our memory (it answers in tens of
+#: microseconds): a caller whose cgroup is frozen holds the loop this long, then the slow lane
+QUICK = 0.01
 _ERRNO = struct.Struct("=i")
 
 
-def make(procs: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
-         pair: bool, switch: AbstractContextManager[None] | None) -> list[int]:
-    """The socket (or both ends of the pair), made by a child in the cgroup whose
-    ``cgroup.procs`` is ``procs`` and in namespace ``ns_fd`` (None: ours), under ``switch``
-    (the caller's credentials; None: ours do). Raises the child's errno."""
+def make(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
+         pair: bool, switch: Switch | None) -> list[int]:
+    """The socket (or both ends of the pair), made by a child in the cgroup whose directory
+    is ``directory`` and in namespace ``ns_fd`` (None: ours), under ``switch`` (the caller's
+    credentials; None: ours do). Raises the child's errno."""
+    made = _inside(directory, ns_fd, family, sock_type, protocol, pair, switch, TIMEOUT)
+    if made is not None:
+        return made
+    procs = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        return _forked(procs, ns_fd, family, sock_type, protocol, pair, switch)
+    finally:
+        os.close(procs)
+
+
+def make_quickly(directory: int, ns_fd: int | None, family: int, sock_type: int,
+                 protocol: int, pair: bool, switch: Switch | None) -> list[int] | None:
+    """:func:`make` by a child that shares our memory (never a fork) and answers within
+    :data:`QUICK`; None: there is no such child here. Raises the child's errno, EAGAIN when
+    it did not answer in time (the child is then gone, and so is what it made)."""
+    return _inside(directory, ns_fd, family, sock_type, protocol, pair, switch, QUICK)
+
+
+def _inside(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
+            pair: bool, switch: Switch | None, timeout: float) -> list[int] | None:
+    userns = None if ns_fd is None else foreign_userns(ns_fd)
+    if userns is not None:  # a rootless stack: only a child of its own may join its userns
+        os.close(userns)
+        return None
+    return cgroup.make_inside(directory, ns_fd, family, sock_type, protocol, pair, switch,
+                              timeout)
+
+
+def _forked(procs: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
+            pair: bool, switch: Switch | None) -> list[int]:
+    """:func:`make` by a forked child that writes itself into ``procs``."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child: raw calls only, no locks
@@ -60,14 +100,14 @@ def make(procs: int, ns_fd: int | None, family: int, sock_type: int, protocol: i
 
 def _child(channel: socket.socket, procs: int, ns_fd: int | None, family: int,
            sock_type: int, protocol: int, pair: bool,
-           switch: AbstractContextManager[None] | None) -> None:  # pragma: no cover
+           switch: Switch | None) -> None:  # pragma: no cover
     try:
         try:
             os.write(procs, b"0")  # "0": the writer itself
             if ns_fd is not None:
                 enter_stack(ns_fd)
             if switch is not None:
-                switch.__enter__()  # for good: this process ends here
+                creds.take(switch)  # for good: this process ends here
             made = (list(sockets.make_pair(family, sock_type, protocol)) if pair
                     else [sockets.make(family, sock_type, protocol)])
         except OSError as e:

@@ -1,0 +1,3 @@
+def make(cgroup: int, netns: int, family: int, sock_type: int, protocol: int, pair: bool,
+         mode: int, ids: tuple[int, int, int, int, int, int], groups: bytes, cap_eff: int,
+         cap_prm: int, timeout_ms: int, /) -> tuple[int, int, int, int]: ...

@@ -247,7 +247,7 @@ def agents(base: Path) -> Iterator[Callable[..., Agent]]:
 
 
 #: busybox applets the containers' shell scripts use
-APPLETS = ("sh", "sleep", "cat", "touch", "test", "[", "echo", "mkdir")
+APPLETS = ("sh", "sleep", "cat", "touch", "test", "[", "echo", "mkdir", "nc")
 
 
 def probe_rootfs(root: Path) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from mstack_bpf.agent import server
+from mstack_bpf.linux import cgroup as cgroup_mod
 from mstack_bpf.linux.seccomp import Listener
 from tests.conftest import (
     BINDIR,
@@ -319,6 +321,57 @@ def test_nothing_inside_changes_the_mapping(
     assert "another seccomp listener" in cp.stderr
     assert host_cookie != netns.cookie
 
+
+
+# --- a container in a cgroup v2 of its own (every container on a cgroup v2 host) ---------
+
+
+@pytest.fixture
+def own_cgroup() -> Iterator[str]:
+    """A cgroup v2 that podman (and so conmon and the container) is started in."""
+    found = cgroup_mod.v2_mount()
+    if found is None or found[1] != "/":
+        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
+    path = f"{found[0]}/mstack-agent-{uuid.uuid4().hex[:8]}"
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        if not wait_until(lambda: not Path(f"{path}/cgroup.procs").read_text(), timeout=30):
+            Path(f"{path}/cgroup.kill").write_text("1")  # whatever the test left behind
+            wait_until(lambda: not Path(f"{path}/cgroup.procs").read_text())
+        os.rmdir(path)
+
+
+def test_a_container_in_a_cgroup_of_its_own_gets_sockets_of_its_cgroup(
+        containers: Containers, make_agent: Callable[..., Agent], netns: Netns,
+        own_cgroup: str) -> None:
+    """The agent is not in the container's cgroup: a child born there makes the socket
+    (supervisor/visitor.py). sock_diag (ss -e) in the stack names the listener's cgroup."""
+    agent = make_agent()
+    name = f"mstack-test-{uuid.uuid4().hex[:10]}"
+    containers.names.append(name)
+    cp = subprocess.run(
+        ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh", own_cgroup,
+         *containers.podman.command("run", "-d", "--name", name,
+                                    *containers.flags(agent, ip_to(netns)), IMAGE,
+                                    "/bin/nc", "-l", "-p", "9999")],
+        capture_output=True, text=True, timeout=90)
+    assert cp.returncode == 0, cp.stderr
+    listening: list[str] = []
+
+    def listens() -> bool:
+        listening[:] = re.findall(r"cgroup:(\S+)", run(
+            ["ip", "netns", "exec", netns.name, "ss", "-tlnHe", "sport", "= :9999"]).stdout)
+        return bool(listening)
+    try:
+        assert wait_until(listens, timeout=30), agent.text()
+    finally:
+        containers.remove()  # before its cgroup goes
+    where = listening[0]
+    found = (int(where.split(":")[1], 16) if where.startswith("unreachable:")
+             else os.stat(f"{cgroup_mod.v2_mount()[0]}{where}").st_ino)  # type: ignore[index]
+    assert found == os.stat(own_cgroup).st_ino
 
 
 # --- co-location: only where the runtime made the filter wait killably ------------------

@@ -26,6 +26,7 @@
 #include <linux/capability.h>
 #include <linux/sched.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -225,12 +226,63 @@ static void receive(int ours, int timeout_ms, int *err, int *step, int *fds)
 	*step = msg[1];
 }
 
+/* This thread's child stack (one child at a time, reaped before we return), with a guard
+ * page below it; unmapped when the thread ends. */
+static pthread_key_t stack_key;
+static pthread_once_t stack_once = PTHREAD_ONCE_INIT;
+
+static void stack_free(void *stack)
+{
+	munmap(stack, GUARD + CHILD_STACK);
+}
+
+static void stack_key_make(void)
+{
+	pthread_key_create(&stack_key, stack_free);
+}
+
+static char *thread_stack(void)
+{
+	char *stack;
+
+	pthread_once(&stack_once, stack_key_make);
+	stack = pthread_getspecific(stack_key);
+	if (stack)
+		return stack;
+	stack = mmap(NULL, GUARD + CHILD_STACK, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (stack == MAP_FAILED)
+		return NULL;
+	if (mprotect(stack, GUARD, PROT_NONE) < 0 || pthread_setspecific(stack_key, stack) != 0) {
+		munmap(stack, GUARD + CHILD_STACK);
+		return NULL;
+	}
+	return stack;
+}
+
+/* Narrow this thread to the CPU it runs on (what it may run on is kept in `was`): a child
+ * then starts here instead of waking an idle CPU. 0: not narrowed. */
+static int pin_here(cpu_set_t *was)
+{
+	cpu_set_t here;
+	int cpu = sched_getcpu();
+
+	if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof *was, was) < 0 ||
+	    !CPU_ISSET(cpu, was) || CPU_COUNT(was) < 2)
+		return 0;
+	CPU_ZERO(&here);
+	CPU_SET(cpu, &here);
+	return sched_setaffinity(0, sizeof here, &here) == 0;
+}
+
 static void visit(struct visit *v, int cgroup, int timeout_ms, int *err, int *step, int *fds)
 {
 	int pair[2], pidfd = -1;
 	sigset_t all, old;
+	cpu_set_t was;
 	char *stack;
 	long pid;
+	int pinned;
 	siginfo_t info;
 	struct clone_args args;
 
@@ -239,13 +291,10 @@ static void visit(struct visit *v, int cgroup, int timeout_ms, int *err, int *st
 		*step = STEP_CLONE;
 		return;
 	}
-	stack = mmap(NULL, GUARD + CHILD_STACK, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-	if (stack == MAP_FAILED || mprotect(stack, GUARD, PROT_NONE) < 0) {
+	stack = thread_stack();
+	if (!stack) {
 		*err = errno;
 		*step = STEP_CLONE;
-		if (stack != MAP_FAILED)
-			munmap(stack, GUARD + CHILD_STACK);
 		close(pair[0]);
 		close(pair[1]);
 		return;
@@ -260,7 +309,10 @@ static void visit(struct visit *v, int cgroup, int timeout_ms, int *err, int *st
 	args.cgroup = (uint64_t)cgroup;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);  /* the child starts with every signal blocked */
+	pinned = pin_here(&was);  /* the child starts on our CPU, where we then sleep */
 	pid = clone3_run(&args, child, v);
+	if (pinned)
+		sched_setaffinity(0, sizeof was, &was);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	close(pair[1]);  /* the child's copy stays open in the child only */
 	if (pid < 0) {
@@ -276,7 +328,6 @@ static void visit(struct visit *v, int cgroup, int timeout_ms, int *err, int *st
 		close(pidfd);
 	}
 	close(pair[0]);
-	munmap(stack, GUARD + CHILD_STACK);
 }
 #endif
 

@@ -26,10 +26,10 @@ import signal
 import socket
 import struct
 
-from mstack_bpf.linux import cgroup, creds, sockets
+from mstack_bpf.linux import cgroup, creds, netns, sockets
 from mstack_bpf.linux.creds import Switch
 from mstack_bpf.linux.ffi import SyscallError
-from mstack_bpf.supervisor.helper import enter_stack, foreign_userns
+from mstack_bpf.supervisor.helper import enter_stack
 
 TIMEOUT = 2.0
 #: how long the loop itself waits for a child that shares our memory (it answers in tens of
@@ -63,12 +63,25 @@ def make_quickly(directory: int, ns_fd: int | None, family: int, sock_type: int,
 
 def _inside(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
             pair: bool, switch: Switch | None, timeout: float) -> list[int] | None:
-    userns = None if ns_fd is None else foreign_userns(ns_fd)
-    if userns is not None:  # a rootless stack: only a child of its own may join its userns
-        os.close(userns)
-        return None
+    if ns_fd is not None and _foreign(ns_fd):  # a rootless stack: only a child of its own
+        return None                            # may join its user namespace
     return cgroup.make_inside(directory, ns_fd, family, sock_type, protocol, pair, switch,
                               timeout)
+
+
+#: our user namespace's inode (the supervisor never leaves it; its helpers are processes)
+_own_userns: list[int] = []
+
+
+def _foreign(ns_fd: int) -> bool:
+    """Whether another user namespace than ours owns network namespace ``ns_fd``."""
+    if not _own_userns:
+        _own_userns.append(os.stat("/proc/self/ns/user").st_ino)
+    userns = netns.owning_userns(ns_fd)
+    try:
+        return netns.ns_inode(userns) != _own_userns[0]
+    finally:
+        os.close(userns)
 
 
 def _forked(procs: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,

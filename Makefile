@@ -9,6 +9,8 @@ MAN5DIR  ?= /usr/local/share/man/man5
 MAN8DIR  ?= $(patsubst %/man1,%/man8,$(MANDIR))
 SHAREDIR ?= /usr/local/share/mstack
 INCDIR   ?= /usr/local/include
+#: mstack-agent.service (deploy/systemd/), with ExecStart in BINDIR; inert until enabled
+SYSTEMDDIR ?= /usr/local/lib/systemd/system
 APT_PKGS := python3-venv python3-dev gcc libc6-dev make clang llvm libbpf-dev bpftool \
             iproute2 iputils-ping iperf3 curl passt slirp4netns nftables procps psmisc util-linux
 #: only what tests/e2e/test_agent*.py run (mstack-agent with real containers): kept out of
@@ -50,6 +52,8 @@ install: venv build
 	@for page in man/*.8; do if [ -f $$page ]; then install -m 644 $$page $(MAN8DIR)/; fi; done
 	@install -m 644 policy/*.toml policy/README.md $(SHAREDIR)/policy/
 	@if [ -f include/msocket.h ]; then install -m 644 include/msocket.h $(INCDIR)/; fi
+	@mkdir -p $(SYSTEMDDIR) && sed 's|/usr/local/bin/|$(BINDIR)/|' deploy/systemd/mstack-agent.service \
+	  >$(SYSTEMDDIR)/mstack-agent.service && chmod 644 $(SYSTEMDDIR)/mstack-agent.service
 	@echo "mstack installed: $$($(BINDIR)/mstack --version)"
 	@found=$$(command -v mstack); [ "$$found" = "$(BINDIR)/mstack" ] || \
 	  echo "warning: 'mstack' on PATH is $$found, not $(BINDIR)/mstack (View-OS' umview ships /usr/bin/mstack): put $(BINDIR) first in PATH" >&2

@@ -134,3 +134,30 @@ def test_to_yaml_round_trips() -> None:
     value = {"a": "x: y", "b": [1, "two", {"c": [], "d": {"e": "#f"}}], "g": {},
              "h": [{"i": 1, "j": [2]}], "k": True}
     assert yaml.safe_load(to_yaml(value)) == value
+
+
+# --- systemd (a podman host) ------------------------------------------------------------
+
+UNIT = DEPLOY.parent / "systemd" / "mstack-agent.service"
+
+
+def test_the_systemd_unit_verifies_and_runs_what_the_agent_takes(tmp_path: Path) -> None:
+    """systemd's own check (offline: no systemd runs here), on the unit as `make install`
+    writes it, and its ExecStart accepted by `mstack-agent serve`."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("needs systemd-analyze (apt systemd)")
+    agent = shutil.which("mstack-agent", path=os.path.dirname(sys.executable))
+    assert agent is not None
+    unit = tmp_path / "mstack-agent.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/mstack-agent", agent))
+    cp = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0 and not cp.stderr.strip(), cp.stderr
+    (start,) = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+                if line.startswith("ExecStart=")]
+    command, *args = start.split()
+    assert command == "/usr/local/bin/mstack-agent" and args[0] == "serve"
+    parsed = subprocess.run([agent, *args, "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert parsed.returncode == 0, parsed.stderr

@@ -19,6 +19,8 @@ from mstack_bpf.agent.profile import (
     DEFAULT_BASE,
     DEFAULT_SOCKET,
     NOTIFIED,
+    WAIT_KILLABLE,
+    notify_profile,
     oci_seccomp,
     spo_profile,
     to_yaml,
@@ -34,6 +36,9 @@ SPEC_KEYS = {"architectures", "baseProfileName", "defaultAction", "flags", "list
 ACTIONS = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
            "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG",
            "SCMP_ACT_NOTIFY"}
+#: the CRD's Flag enum (api/seccompprofile/v1beta1/seccompprofile_types.go)
+FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+         "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"}
 OPS = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
        "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"}
 
@@ -128,6 +133,8 @@ def test_spo_profile_keeps_what_it_can_state() -> None:
     assert spec["syscalls"][2] == {"names": ["bpf"], "action": "SCMP_ACT_ERRNO",
                                    "errnoRet": "1"}
     assert spec["syscalls"][3]["args"] == base["syscalls"][5]["args"]
+    killable = spo_profile(notify_profile(base, "/s", wait_killable=True), "n")["spec"]
+    assert killable["flags"] == [WAIT_KILLABLE] and set(killable["flags"]) <= FLAGS
 
 
 def test_to_yaml_round_trips() -> None:

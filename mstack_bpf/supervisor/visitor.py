@@ -35,6 +35,12 @@ TIMEOUT = 2.0
 #: how long the loop itself waits for a child that shares our memory (it answers in tens of
 #: microseconds): a caller whose cgroup is frozen holds the loop this long, then the slow lane
 QUICK = 0.01
+#: a child that took longer than this to answer on the loop (a frozen or throttled cgroup,
+#: or a busy machine; it answers in tens of microseconds) ...
+SLOW = 0.001
+#: ... makes the loop wait for no child for this long: a caller that freezes its cgroup
+#: over and over then holds the loop at most QUICK per BACKOFF, not every time it calls
+BACKOFF = 1.0
 _ERRNO = struct.Struct("=i")
 
 
@@ -59,6 +65,21 @@ def make_quickly(directory: int, ns_fd: int | None, family: int, sock_type: int,
     :data:`QUICK`; None: there is no such child here. Raises the child's errno, EAGAIN when
     it did not answer in time (the child is then gone, and so is what it made)."""
     return _inside(directory, ns_fd, family, sock_type, protocol, pair, switch, QUICK)
+
+
+class Patience:
+    """Whether the loop may wait for a child now: not for :data:`BACKOFF` after one that
+    was slow (:data:`SLOW`) or never answered. Pure: the caller reads the clock."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def allows(self, now: float) -> bool:
+        return now >= self._until
+
+    def took(self, start: float, now: float) -> None:
+        if now - start > SLOW:
+            self._until = now + BACKOFF
 
 
 def _inside(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,

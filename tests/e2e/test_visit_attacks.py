@@ -1,0 +1,111 @@
+"""Attacks on the child that makes a caller's sockets in its cgroup (supervisor/visitor.py,
+linux/_visit.c), each asserted from inside the target."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from mstack_bpf.linux import cgroup as cgroup_mod
+from tests.conftest import MSTACK, PYTHON, Netns, needs_root, stop_process, wait_until
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def group() -> Iterator[str]:
+    """A cgroup v2 of its own (its path), thawed and removed after."""
+    found = cgroup_mod.v2_mount()
+    if found is None or found[1] != "/":
+        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
+    path = f"{found[0]}/mstack-a{random.randrange(1 << 32):08x}"
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        with open(f"{path}/cgroup.freeze", "w") as f:
+            f.write("0")
+        for pid in members(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not members(path), timeout=10)
+        os.rmdir(path)
+
+
+def members(path: str) -> list[int]:
+    with open(f"{path}/cgroup.procs") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
+HAMMER = """
+import socket, sys, threading, time
+open(sys.argv[1] + "/cgroup.procs", "w").write("0")
+end = time.time() + float(sys.argv[2])
+def run():
+    while time.time() < end:
+        try:
+            socket.socket(socket.AF_INET).close()
+        except OSError:  # EAGAIN: its cgroup was frozen for the whole slow lane's wait
+            pass
+threads = [threading.Thread(target=run) for _ in range(int(sys.argv[3]))]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+VICTIM = """
+import json, socket, sys, time
+sys.stdin.readline()
+end = time.time() + float(sys.argv[1])
+slow, stalled, calls, worst = 0, 0.0, 0, 0.0
+while time.time() < end:
+    t = time.perf_counter()
+    socket.socket(socket.AF_INET).close()
+    took = time.perf_counter() - t
+    calls += 1
+    worst = max(worst, took)
+    if took > 0.005:
+        slow += 1
+        stalled += took
+print(json.dumps({"calls": calls, "slow": slow, "stalled": stalled, "worst": worst}), flush=True)
+"""
+
+
+def test_a_cgroup_frozen_over_and_over_does_not_hold_the_loop(netns: Netns, group: str) -> None:
+    """8 threads of a caller in a cgroup its owner freezes for 12 ms of every 13 make
+    sockets in a stack (each from a child in that cgroup, born frozen when the freeze falls
+    between the call's arrival and the child): another caller of the tree, in ours, makes
+    sockets meanwhile and times them from inside. The loop waits for such a child at most
+    once a second."""
+    proc = subprocess.Popen(
+        [MSTACK, "--keep-namespace", "-o", "4", netns.name, "sh", "-c",
+         f'{PYTHON} -c "$1" {group} 2.6 8 & exec {PYTHON} -c "$2" 2', "sh", HAMMER, VICTIM],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    freeze = f"{group}/cgroup.freeze"
+    try:
+        assert wait_until(lambda: bool(members(group)))
+        time.sleep(0.3)  # its threads are calling
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        end = time.time() + 2.0
+        while time.time() < end:
+            with open(freeze, "w") as f:
+                f.write("1")
+            time.sleep(0.012)
+            with open(freeze, "w") as f:
+                f.write("0")
+            time.sleep(0.001)
+        seen = json.loads(proc.stdout.readline())
+        # it was 0.6 s to 1.2 s of the 2 s (a child born frozen held the loop 10 ms a time)
+        assert seen["calls"] > 1000 and seen["stalled"] < 0.25, seen
+    finally:
+        with open(freeze, "w") as f:
+            f.write("0")
+        stop_process(proc)

@@ -15,6 +15,12 @@ before 5.7) it is forked and writes itself into ``cgroup.procs``, about 2 ms her
 supervisor's page tables are copied). Every container of mstack-agent on a cgroup v2 host
 is in a cgroup of its own, so this is each of its redirected sockets. It runs in the slow
 lane (the cgroup may be frozen), after one try on the loop of at most :data:`QUICK`.
+
+Such a child is made only by a supervisor the OOM killer never picks (:func:`shield`): the
+child is in the caller's memory cgroup, looks as big as the supervisor there, and the OOM
+killer kills every process that shares the memory of the one it picks (linux/oom.py). A
+caller whose memory cgroup ran out while its call was in flight (or one that has
+``memory.oom.group``) would take the supervisor with it. Elsewhere the child is forked.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import signal
 import socket
 import struct
 
-from mstack_bpf.linux import cgroup, creds, sockets
+from mstack_bpf.linux import cgroup, creds, oom, sockets
 from mstack_bpf.linux.creds import Switch
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.supervisor.helper import enter_stack, foreign_userns
@@ -42,6 +48,17 @@ SLOW = 0.001
 #: over and over then holds the loop at most QUICK per BACKOFF, not every time it calls
 BACKOFF = 1.0
 _ERRNO = struct.Struct("=i")
+
+
+def shield() -> bool:
+    """Make this process one the OOM killer never picks (it then never picks the children
+    that share its memory either), as the supervisor and the agent do at start; False where
+    that is not ours to decide (no CAP_SYS_RESOURCE: a rootless supervisor then forks)."""
+    try:
+        oom.set_score_adj(oom.SCORE_ADJ_MIN)
+    except PermissionError:
+        return False
+    return True
 
 
 def make(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
@@ -84,6 +101,8 @@ class Patience:
 
 def _inside(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
             pair: bool, switch: Switch | None, timeout: float) -> list[int] | None:
+    if oom.score_adj() != oom.SCORE_ADJ_MIN:  # the OOM killer could pick it, and kill us
+        return None
     userns = None if ns_fd is None else foreign_userns(ns_fd)
     if userns is not None:  # a rootless stack: only a child of its own may join its userns
         os.close(userns)

@@ -15,9 +15,23 @@ from collections.abc import Iterator
 import pytest
 
 from mstack_bpf.linux import cgroup as cgroup_mod
-from tests.conftest import MSTACK, PYTHON, Netns, needs_root, stop_process, wait_until
+from mstack_bpf.linux.creds import own_creds
+from tests.conftest import (
+    MSTACK,
+    PYTHON,
+    Netns,
+    needs_root,
+    stop_process,
+    supervisors_of,
+    wait_until,
+)
 
 pytestmark = needs_root
+CAP_SYS_RESOURCE = 24
+#: the supervisor makes itself unpickable by the OOM killer, else no child shares its memory
+shields = pytest.mark.skipif(
+    not own_creds().cap_eff >> CAP_SYS_RESOURCE & 1,
+    reason="needs CAP_SYS_RESOURCE (the supervisor forks its children in callers' cgroups)")
 
 
 @pytest.fixture
@@ -77,6 +91,7 @@ print(json.dumps({"calls": calls, "slow": slow, "stalled": stalled, "worst": wor
 """
 
 
+@shields
 def test_a_cgroup_frozen_over_and_over_does_not_hold_the_loop(netns: Netns, group: str) -> None:
     """8 threads of a caller in a cgroup its owner freezes for 12 ms of every 13 make
     sockets in a stack (each from a child in that cgroup, born frozen when the freeze falls
@@ -108,4 +123,28 @@ def test_a_cgroup_frozen_over_and_over_does_not_hold_the_loop(netns: Netns, grou
     finally:
         with open(freeze, "w") as f:
             f.write("0")
+        stop_process(proc)
+
+
+def test_the_supervisor_is_never_the_oom_killers_pick_and_the_command_may_be(
+        netns: Netns) -> None:
+    """The children that make sockets in callers' cgroups share the supervisor's memory, and
+    the OOM killer kills every process that shares its pick's: the supervisor makes itself
+    unpickable where it may (CAP_SYS_RESOURCE), never the command it runs."""
+    marker = f"mstack-oom-{random.randrange(1 << 32):08x}"
+    proc = subprocess.Popen(
+        [MSTACK, "--keep-namespace", "-o", "4", netns.name, "sh", "-c",
+         "cat /proc/self/oom_score_adj; read x", marker],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "0\n"  # the command's, from inside it
+        (supervisor,) = supervisors_of(marker)
+        with open(f"/proc/{supervisor}/oom_score_adj") as f:
+            shielded = f.read() == "-1000\n"
+        assert shielded == bool(own_creds().cap_eff >> CAP_SYS_RESOURCE & 1)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == 0
+    finally:
         stop_process(proc)

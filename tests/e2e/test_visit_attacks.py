@@ -20,6 +20,8 @@ from tests.conftest import (
     MSTACK,
     PYTHON,
     Netns,
+    cookie_code,
+    mstack,
     needs_root,
     stop_process,
     supervisors_of,
@@ -148,3 +150,15 @@ def test_the_supervisor_is_never_the_oom_killers_pick_and_the_command_may_be(
         assert proc.wait(timeout=10) == 0
     finally:
         stop_process(proc)
+
+
+def test_a_caller_in_a_cgroup_once_killed_gets_its_sockets(netns: Netns, group: str) -> None:
+    """A cgroup killed once (cgroup.kill) and joined after: Linux 6.18 kills every child
+    born there with CLONE_INTO_CGROUP, and the caller's sockets all failed with EPROTO; a
+    forked child that moves in makes them (checked inside: the stack's namespace)."""
+    with open(f"{group}/cgroup.kill", "w") as f:
+        f.write("1")
+    cp = mstack("--keep-namespace", "-o", "4", netns.name, "sh", "-c",
+                f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", PYTHON, "-c",
+                cookie_code("AF_INET", "SOCK_DGRAM"))
+    assert cp.stdout.strip() == str(netns.cookie), cp.stderr

@@ -17,6 +17,7 @@ import pytest
 from mstack_bpf.linux import cgroup
 from mstack_bpf.linux.creds import Switch, own_creds
 from mstack_bpf.linux.ffi import SyscallError
+from mstack_bpf.supervisor import visitor
 from tests.conftest import Netns, cookie, needs_root, run
 
 pytestmark = [needs_root, pytest.mark.skipif(
@@ -126,3 +127,28 @@ def test_a_frozen_cgroup_costs_the_timeout_and_leaves_nothing(group: tuple[str, 
     assert set(os.listdir("/proc/self/fd")) == before and live_children() == []
     with open(f"{group[0]}/cgroup.procs") as f:
         assert f.read() == ""  # the child was killed and reaped
+
+
+def test_a_cgroup_once_killed_gets_its_socket_from_a_forked_child(group: tuple[str, int],
+                                                                 netns: Netns) -> None:
+    """Linux 6.18 kills every child born with CLONE_INTO_CGROUP in a cgroup that was
+    killed once (cgroup.kill, here while empty), not a process that moves in. Such a child
+    says nothing (it said EPROTO, and every socket of a caller in that cgroup failed for
+    good): the supervisor forks one instead, and the socket is the cgroup's."""
+    with open(f"{group[0]}/cgroup.kill", "w") as f:
+        f.write("1")
+    born = cgroup.make_inside(group[1], None, socket.AF_INET, socket.SOCK_DGRAM, 0, False,
+                              None, 5.0)
+    for fd in born or ():  # a kernel that lets it live
+        os.close(fd)
+    ns = os.open(netns.path, os.O_RDONLY)
+    try:
+        (fd,) = visitor.make(group[1], ns, socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                             0, False, None)
+    finally:
+        os.close(ns)
+    with socket.socket(fileno=fd) as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert cookie(sock) == netns.cookie
+        assert cgroup_of_bound_udp(netns, sock.getsockname()[1]) == os.fstat(group[1]).st_ino
+    assert live_children() == []

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from tests.conftest import (
     supervisors_of,
     wait_until,
 )
+from tests.e2e.conftest import agents
 
 pytestmark = needs_root
 CAP_SYS_RESOURCE = 24
@@ -162,3 +164,14 @@ def test_a_caller_in_a_cgroup_once_killed_gets_its_sockets(netns: Netns, group: 
                 f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", PYTHON, "-c",
                 cookie_code("AF_INET", "SOCK_DGRAM"))
     assert cp.stdout.strip() == str(netns.cookie), cp.stderr
+
+
+def test_the_agent_is_never_the_oom_killers_pick_where_it_may(tmp_path: Path) -> None:
+    """mstack-agent serve, whose children in the containers' memory cgroups share its
+    memory, makes itself unpickable by the OOM killer as the supervisor does."""
+    with agents(tmp_path) as make:
+        agent = make()
+        assert agent.proc is not None
+        with open(f"/proc/{agent.proc.pid}/oom_score_adj") as f:
+            shielded = f.read() == "-1000\n"
+        assert shielded == bool(own_creds().cap_eff >> CAP_SYS_RESOURCE & 1), agent.text()

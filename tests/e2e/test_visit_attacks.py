@@ -3,11 +3,8 @@ linux/_visit.c), each asserted from inside the target."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from mstack_bpf.linux import cgroup as cgroup_mod
 from mstack_bpf.linux.creds import own_creds
 from tests.conftest import (
     MSTACK,
     PYTHON,
     Netns,
+    cgroup_members,
     cookie_code,
     mstack,
     needs_root,
+    new_cgroup,
     stop_process,
     supervisors_of,
     wait_until,
@@ -40,27 +38,9 @@ shields = pytest.mark.skipif(
 
 @pytest.fixture
 def group() -> Iterator[str]:
-    """A cgroup v2 of its own (its path), thawed and removed after."""
-    found = cgroup_mod.v2_mount()
-    if found is None or found[1] != "/":
-        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
-    path = f"{found[0]}/mstack-a{random.randrange(1 << 32):08x}"
-    os.mkdir(path)
-    try:
+    """A cgroup v2 of its own (its path), removed after."""
+    with new_cgroup("mstack-a") as path:
         yield path
-    finally:
-        with open(f"{path}/cgroup.freeze", "w") as f:
-            f.write("0")
-        for pid in members(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not members(path), timeout=10)
-        os.rmdir(path)
-
-
-def members(path: str) -> list[int]:
-    with open(f"{path}/cgroup.procs") as f:
-        return [int(pid) for pid in f.read().split()]
 
 
 HAMMER = """
@@ -108,7 +88,7 @@ def test_a_cgroup_frozen_over_and_over_does_not_hold_the_loop(netns: Netns, grou
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     freeze = f"{group}/cgroup.freeze"
     try:
-        assert wait_until(lambda: bool(members(group)))
+        assert wait_until(lambda: bool(cgroup_members(group)))
         time.sleep(0.3)  # its threads are calling
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("go\n")

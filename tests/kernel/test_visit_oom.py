@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mstack_bpf.linux import cgroup
-from tests.conftest import PYTHON, needs_root, wait_until
+from tests.conftest import PYTHON, cgroup_members, needs_root, new_cgroup, wait_until, write_to
 
 pytestmark = [needs_root, pytest.mark.skipif(
     os.uname().machine != "x86_64", reason="the child that shares our memory is x86_64 only")]
@@ -41,31 +40,12 @@ except OSError as e:
 """
 
 
-def _members(path: str) -> list[int]:
-    with open(f"{path}/cgroup.procs") as f:
-        return [int(pid) for pid in f.read().split()]
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
 @pytest.fixture
 def frozen() -> Iterator[str]:
-    """A frozen cgroup v2 (its path), thawed and removed after."""
-    found = cgroup.v2_mount()
-    if found is None or found[1] != "/":
-        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
-    path = f"{found[0]}/mstack-o{random.randrange(1 << 32):08x}"
-    os.mkdir(path)
-    try:
-        _write(f"{path}/cgroup.freeze", "1")
+    """A frozen cgroup v2 (its path), removed after."""
+    with new_cgroup("mstack-o") as path:
+        write_to(f"{path}/cgroup.freeze", "1")
         yield path
-    finally:
-        _write(f"{path}/cgroup.freeze", "0")
-        assert wait_until(lambda: not _members(path), timeout=10)
-        os.rmdir(path)
 
 
 @pytest.fixture
@@ -77,11 +57,11 @@ def small_memcg() -> Iterator[str]:
     path = f"{MEMCG_V1}/mstack-o{random.randrange(1 << 32):08x}"
     os.mkdir(path)
     try:
-        _write(f"{path}/memory.limit_in_bytes", str(16 << 20))
+        write_to(f"{path}/memory.limit_in_bytes", str(16 << 20))
         yield path
     finally:
-        for pid in _members(path):  # back where we are: nothing of ours is left in it
-            _write(f"{MEMCG_V1}/cgroup.procs", str(pid))
+        for pid in cgroup_members(path):  # back where we are: nothing of ours is left in it
+            write_to(f"{MEMCG_V1}/cgroup.procs", str(pid))
         os.rmdir(path)
 
 
@@ -97,9 +77,9 @@ def test_an_oom_in_the_callers_memory_cgroup_spares_the_supervisor(frozen: str,
     try:
         assert supervisor.stdout is not None
         assert supervisor.stdout.readline() == "ready\n"
-        assert wait_until(lambda: bool(_members(frozen)), timeout=5)
-        (child,) = _members(frozen)
-        _write(f"{small_memcg}/cgroup.procs", str(child))
+        assert wait_until(lambda: bool(cgroup_members(frozen)), timeout=5)
+        (child,) = cgroup_members(frozen)
+        write_to(f"{small_memcg}/cgroup.procs", str(child))
         hog = subprocess.run(
             ["sh", "-c", f"echo $$ > {small_memcg}/cgroup.procs && "
                          "exec dd if=/dev/zero of=/dev/null bs=48M count=1"],

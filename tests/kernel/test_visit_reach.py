@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from mstack_bpf.linux import cgroup
-from tests.conftest import PYTHON, needs_root, wait_until
+from tests.conftest import PYTHON, cgroup_members, needs_root, wait_until, write_to
 
 pytestmark = [needs_root, pytest.mark.skipif(
     os.uname().machine != "x86_64", reason="the child that shares our memory is x86_64 only")]
@@ -72,16 +72,6 @@ print(json.dumps(out))
 """
 
 
-def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def _members(path: str) -> list[int]:
-    with open(f"{path}/cgroup.procs") as f:
-        return [int(pid) for pid in f.read().split()]
-
-
 @pytest.fixture
 def delegated() -> Iterator[tuple[str, str]]:
     """A cgroup v2 subtree delegated to UID: the supervisor's cgroup and its caller's
@@ -98,13 +88,13 @@ def delegated() -> Iterator[tuple[str, str]]:
             made.append(path)
             for name in ("", "/cgroup.procs", "/cgroup.threads"):
                 os.chown(path + name, UID, UID)
-        _write(f"{theirs}/cgroup.freeze", "1")
+        write_to(f"{theirs}/cgroup.freeze", "1")
         yield ours, theirs
     finally:
         if theirs in made:
-            _write(f"{theirs}/cgroup.freeze", "0")
+            write_to(f"{theirs}/cgroup.freeze", "0")
         for path in reversed(made):
-            assert wait_until(lambda: not _members(path), timeout=10)  # noqa: B023
+            assert wait_until(lambda: not cgroup_members(path), timeout=10)  # noqa: B023
             os.rmdir(path)
 
 
@@ -115,12 +105,12 @@ def test_a_caller_of_the_same_uid_cannot_reach_the_childs_memory_or_descriptors(
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert supervisor.stdin is not None and supervisor.stdout is not None
-        _write(f"{ours}/cgroup.procs", str(supervisor.pid))
+        write_to(f"{ours}/cgroup.procs", str(supervisor.pid))
         supervisor.stdin.write("\n")
         supervisor.stdin.flush()
         assert supervisor.stdout.readline() == "ready\n"
-        assert wait_until(lambda: bool(_members(theirs)), timeout=5)
-        (child,) = _members(theirs)
+        assert wait_until(lambda: bool(cgroup_members(theirs)), timeout=5)
+        (child,) = cgroup_members(theirs)
         attack = subprocess.run(
             [*AS_UID, PYTHON, "-c", ATTACKER, str(child)], capture_output=True, text=True,
             timeout=30)

@@ -318,6 +318,41 @@ def kill_all(pids: Iterable[int]) -> None:
             os.kill(pid, 9)
 
 
+# --- cgroups (v2) ----------------------------------------------------------------------------
+
+
+def write_to(path: str, value: str) -> None:
+    """Write ``value`` to the (cgroup, proc) file ``path``."""
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def cgroup_members(path: str) -> list[int]:
+    """The pids in the cgroup at ``path``."""
+    with open(f"{path}/cgroup.procs") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
+@contextlib.contextmanager
+def new_cgroup(prefix: str) -> Iterator[str]:
+    """A cgroup v2 of its own under the hierarchy's root (its path); after, thawed, what is
+    left in it killed, and removed. Skips where that hierarchy is not mounted."""
+    from mstack_bpf.linux import cgroup
+
+    found = cgroup.v2_mount()
+    if found is None or found[1] != "/":
+        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
+    path = f"{found[0]}/{prefix}{uuid.uuid4().hex[:8]}"
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        write_to(f"{path}/cgroup.freeze", "0")
+        kill_all(cgroup_members(path))
+        assert wait_until(lambda: not cgroup_members(path), timeout=10)
+        os.rmdir(path)
+
+
 def stop_process(proc: subprocess.Popen[str]) -> None:
     """Kill ``proc`` (if alive), reap it and close its pipes."""
     if proc.poll() is None:

@@ -70,6 +70,7 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
     from mstack_bpf.agent.agent import Agent
     from mstack_bpf.agent.server import listen
     from mstack_bpf.linux import prctl
+    from mstack_bpf.supervisor import visitor
     from mstack_bpf.supervisor.main import raise_fd_limit
 
     config = load_config(config_path or DEFAULT_PATH, required=config_path is not None)
@@ -81,6 +82,9 @@ def serve(path: str, config_path: str | None, verbose: int) -> None:
     # Not dumpable, as mstack's supervisor: the children that make a container's sockets in
     # its cgroup share our memory and take its ids (supervisor/visitor.py).
     prctl.set_dumpable(False)
+    # Never the OOM killer's pick: those children are in the containers' memory cgroups, and
+    # a container that runs out of memory (or has memory.oom.group) would kill us with them.
+    visitor.shield()
     sock = listen(path)
     logging.getLogger("mstack.agent").info("serving %s (%s)", path, config.source)
     Agent(config, sock, verbose).serve()

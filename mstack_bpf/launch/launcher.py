@@ -222,12 +222,16 @@ def _exec(path: str, argv: Sequence[str]) -> NoReturn:
 
 def _supervisor_process(channel: socket.socket, config: RunConfig, root_pid: int) -> NoReturn:
     """Body of the supervisor (grandchild); never returns."""
+    from mstack_bpf.supervisor import visitor
     from mstack_bpf.supervisor.main import serve_forever
 
     prctl.set_name("mstack-sv")
     # Not dumpable: /proc/PID of the supervisor is root's, so a target of the same uid can
     # neither write its memory (/proc/PID/mem, which no filter can see) nor reach its fds.
     prctl.set_dumpable(False)
+    # Never the OOM killer's pick: the children that make sockets in callers' cgroups share
+    # our memory, and it would kill us with them (supervisor/visitor.py). Rootless: they fork.
+    visitor.shield()
     for sig in _SUPERVISOR_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
     try:

@@ -109,7 +109,9 @@ class Placer:
 #: where linux/_visit.c's child stopped, as the call that failed
 _STEPS = {1: "clone3", 2: "setns(CLONE_NEWNET)", 3: "setgroups", 4: "setresgid",
           5: "setresuid", 6: "capset", 7: "socket", 8: "sendmsg", 9: "socket", 10: "recvmsg"}
-_TIMEOUT, _NO_CHILD = 9, (errno.ENOSYS, errno.EINVAL)
+#: clone3 failures after which a forked child that moves in may still do: no clone3 or no
+#: CLONE_INTO_CGROUP, and EAGAIN (a cgroup at its pids.max: fork counts, a move does not)
+_TIMEOUT, _ANSWER, _NO_CHILD = 9, 10, (errno.ENOSYS, errno.EINVAL, errno.EAGAIN)
 
 
 Ids = tuple[int, int, int, int, int, int]
@@ -132,9 +134,13 @@ def make_inside(directory: int, netns: int | None, family: int, sock_type: int, 
     directory is ``directory``, in ``netns`` (None: ours; not one owned by another user
     namespace: setns(2) refuses to let a process that shares its memory join that), under
     ``switch`` (None: our credentials), that shares our memory (linux/_visit.c). None: no
-    such child here (not x86_64, or no clone3 with CLONE_INTO_CGROUP: Linux 5.7). Raises
-    the errno of the step that failed; EAGAIN when no answer came within ``timeout`` s (a
-    frozen cgroup)."""
+    such child here (not x86_64, or no clone3 with CLONE_INTO_CGROUP: Linux 5.7), none
+    allowed (EAGAIN: the cgroup is at its pids.max, which a process that moves in may
+    exceed; not testable here, where pids is a v1 controller), or it died without a word: killed, by a ``cgroup.kill`` now or by one ever made there (Linux
+    6.18 kills every child born there with CLONE_INTO_CGROUP once the cgroup was killed,
+    not a process that moves in: its ``kill_seq`` is compared with our cgroup's). Raises the
+    errno of the step that failed; EAGAIN when no answer came within ``timeout`` s (a frozen
+    cgroup)."""
     err, step, *fds = _visit.make(
         directory, -1 if netns is None else netns, family, sock_type, protocol, pair,
         *_packed(switch), int(timeout * 1000))
@@ -143,7 +149,7 @@ def make_inside(directory: int, netns: int | None, family: int, sock_type: int, 
         return made
     for fd in made:
         os.close(fd)
-    if step == 1 and err in _NO_CHILD:
+    if (step, err) == (_ANSWER, errno.EPROTO) or (step == 1 and err in _NO_CHILD):
         return None
     if step == _TIMEOUT:
         raise SyscallError(errno.EAGAIN, "socket", "(the caller's cgroup did not let a child "

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -62,6 +63,8 @@ class StackSockets:
         self._ioctl_sockets: OrderedDict[tuple[int, int], socket.socket] = OrderedDict()
         #: where our cgroup (v2) is, and the targets' (their sockets must be made in theirs)
         self.cgroups = cgroup.Placer()
+        #: whether the loop may wait for a child in a caller's cgroup (:meth:`visit_quickly`)
+        self._patience = visitor.Patience()
 
     def target(self, tid: int, family: int, sock_type: int, protocol: int) -> Target:
         """What a socket made for thread ``tid`` must carry of it (read now: never cached):
@@ -129,8 +132,14 @@ class StackSockets:
                       target: Target, pair: bool) -> list[int] | None:
         """:meth:`visit` by a child that shares our memory and answers within
         :data:`visitor.QUICK` (on the loop); None: no such answer, for whatever reason
-        (:meth:`visit` then tries again in the slow lane, and reports)."""
+        (:meth:`visit` then tries again in the slow lane, and reports). None too, without
+        a child, for a while after one was slow: a caller that keeps its cgroup frozen or
+        throttled must not hold the loop, which every other caller waits for, call after
+        call."""
         assert target.cgroup is not None
+        start = time.monotonic()
+        if not self._patience.allows(start):
+            return None
         try:
             directory = self.cgroups.directory(target.cgroup, target.tid)
         except OSError:
@@ -143,6 +152,7 @@ class StackSockets:
             return None
         finally:
             os.close(directory)
+            self._patience.took(start, time.monotonic())
 
     def _enter(self, ns_fd: int, ns_ino: int) -> SocketMaker | None:
         """Be in namespace ``ns_ino``: this thread enters it, or its helper serves it."""

@@ -15,6 +15,12 @@ before 5.7) it is forked and writes itself into ``cgroup.procs``, about 2 ms her
 supervisor's page tables are copied). Every container of mstack-agent on a cgroup v2 host
 is in a cgroup of its own, so this is each of its redirected sockets. It runs in the slow
 lane (the cgroup may be frozen), after one try on the loop of at most :data:`QUICK`.
+
+Such a child is made only by a supervisor the OOM killer never picks (:func:`shield`): the
+child is in the caller's memory cgroup, looks as big as the supervisor there, and the OOM
+killer kills every process that shares the memory of the one it picks (linux/oom.py). A
+caller whose memory cgroup ran out while its call was in flight (or one that has
+``memory.oom.group``) would take the supervisor with it. Elsewhere the child is forked.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import signal
 import socket
 import struct
 
-from mstack_bpf.linux import cgroup, creds, netns, sockets
+from mstack_bpf.linux import cgroup, creds, netns, oom, sockets
 from mstack_bpf.linux.creds import Switch
 from mstack_bpf.linux.ffi import SyscallError
 from mstack_bpf.supervisor.helper import enter_stack
@@ -35,7 +41,24 @@ TIMEOUT = 2.0
 #: how long the loop itself waits for a child that shares our memory (it answers in tens of
 #: microseconds): a caller whose cgroup is frozen holds the loop this long, then the slow lane
 QUICK = 0.01
+#: a child that took longer than this to answer on the loop (a frozen or throttled cgroup,
+#: or a busy machine; it answers in tens of microseconds) ...
+SLOW = 0.001
+#: ... makes the loop wait for no child for this long: a caller that freezes its cgroup
+#: over and over then holds the loop at most QUICK per BACKOFF, not every time it calls
+BACKOFF = 1.0
 _ERRNO = struct.Struct("=i")
+
+
+def shield() -> bool:
+    """Make this process one the OOM killer never picks (it then never picks the children
+    that share its memory either), as the supervisor and the agent do at start; False where
+    that is not ours to decide (no CAP_SYS_RESOURCE: a rootless supervisor then forks)."""
+    try:
+        oom.set_score_adj(oom.SCORE_ADJ_MIN)
+    except PermissionError:
+        return False
+    return True
 
 
 def make(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
@@ -61,8 +84,25 @@ def make_quickly(directory: int, ns_fd: int | None, family: int, sock_type: int,
     return _inside(directory, ns_fd, family, sock_type, protocol, pair, switch, QUICK)
 
 
+class Patience:
+    """Whether the loop may wait for a child now: not for :data:`BACKOFF` after one that
+    was slow (:data:`SLOW`) or never answered. Pure: the caller reads the clock."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def allows(self, now: float) -> bool:
+        return now >= self._until
+
+    def took(self, start: float, now: float) -> None:
+        if now - start > SLOW:
+            self._until = now + BACKOFF
+
+
 def _inside(directory: int, ns_fd: int | None, family: int, sock_type: int, protocol: int,
             pair: bool, switch: Switch | None, timeout: float) -> list[int] | None:
+    if oom.score_adj() != oom.SCORE_ADJ_MIN:  # the OOM killer could pick it, and kill us
+        return None
     if ns_fd is not None and _foreign(ns_fd):  # a rootless stack: only a child of its own
         return None                            # may join its user namespace
     return cgroup.make_inside(directory, ns_fd, family, sock_type, protocol, pair, switch,

@@ -5,11 +5,15 @@ its namespace cookie, its owner; a frozen cgroup; nothing left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import re
+import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +21,7 @@ import pytest
 from mstack_bpf.linux import cgroup
 from mstack_bpf.linux.creds import Switch, own_creds
 from mstack_bpf.linux.ffi import SyscallError
+from mstack_bpf.supervisor import visitor
 from tests.conftest import Netns, cookie, needs_root, run
 
 pytestmark = [needs_root, pytest.mark.skipif(
@@ -68,8 +73,12 @@ def cgroup_of_bound_udp(netns: Netns, port: int) -> int:
 
 
 def live_children() -> list[str]:
-    return [c for t in os.listdir("/proc/self/task")
-            for c in open(f"/proc/self/task/{t}/children").read().split()]
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError), open(  # FileNotFoundError: it ended
+                f"/proc/self/task/{task}/children") as f:
+            found += f.read().split()
+    return found
 
 
 def test_the_socket_is_born_in_the_cgroup_and_the_stack(group: tuple[str, int],
@@ -126,3 +135,93 @@ def test_a_frozen_cgroup_costs_the_timeout_and_leaves_nothing(group: tuple[str, 
     assert set(os.listdir("/proc/self/fd")) == before and live_children() == []
     with open(f"{group[0]}/cgroup.procs") as f:
         assert f.read() == ""  # the child was killed and reaped
+
+
+def test_a_cgroup_once_killed_gets_its_socket_from_a_forked_child(group: tuple[str, int],
+                                                                 netns: Netns) -> None:
+    """Linux 6.18 kills every child born with CLONE_INTO_CGROUP in a cgroup that was
+    killed once (cgroup.kill, here while empty), not a process that moves in. Such a child
+    says nothing (it said EPROTO, and every socket of a caller in that cgroup failed for
+    good): the supervisor forks one instead, and the socket is the cgroup's."""
+    with open(f"{group[0]}/cgroup.kill", "w") as f:
+        f.write("1")
+    born = cgroup.make_inside(group[1], None, socket.AF_INET, socket.SOCK_DGRAM, 0, False,
+                              None, 5.0)
+    for fd in born or ():  # a kernel that lets it live
+        os.close(fd)
+    ns = os.open(netns.path, os.O_RDONLY)
+    try:
+        (fd,) = visitor.make(group[1], ns, socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                             0, False, None)
+    finally:
+        os.close(ns)
+    with socket.socket(fileno=fd) as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert cookie(sock) == netns.cookie
+        assert cgroup_of_bound_udp(netns, sock.getsockname()[1]) == os.fstat(group[1]).st_ino
+    assert live_children() == []
+
+
+def test_freezes_and_signals_meanwhile_leave_nothing_behind(group: tuple[str, int]) -> None:
+    """Two threads make sockets and pairs (the loop and a slow-lane worker) while the
+    cgroup's owner freezes and thaws it and a caller of its uid SIGKILLs, SIGSTOPs and
+    SIGCONTs whatever is in it: every call ends (a socket, no child, or EAGAIN), and no
+    descriptor, mapping (the child's stack) or child is left."""
+    stop = threading.Event()
+    ended: list[str] = []
+
+    def calls(pair: bool) -> None:
+        while not stop.is_set():
+            try:
+                out = cgroup.make_inside(group[1], None, socket.AF_UNIX, socket.SOCK_DGRAM, 0,
+                                         pair, None, 0.003)
+                ended.append("none" if out is None else "made")
+                for fd in out or ():
+                    os.close(fd)
+            except SyscallError as e:
+                assert e.errno == errno.EAGAIN, e
+                ended.append("EAGAIN")
+
+    def owner() -> None:
+        while not stop.is_set():
+            for value in ("1", "0"):
+                with open(f"{group[0]}/cgroup.freeze", "w") as f:
+                    f.write(value)
+                time.sleep(random.random() * 0.004)
+
+    def signals() -> None:
+        while not stop.is_set():
+            with open(f"{group[0]}/cgroup.procs") as f:
+                for pid in f.read().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), random.choice(
+                            (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT)))
+
+    def run(seconds: float) -> None:
+        stop.clear()
+        threads = [threading.Thread(target=calls, args=(p,)) for p in (False, True)] + [
+            threading.Thread(target=owner), threading.Thread(target=signals)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+
+    run(0.3)  # our threads' stacks and arenas, once
+    before = sorted(os.listdir("/proc/self/fd")), child_stacks()
+    run(1.5)
+    assert (sorted(os.listdir("/proc/self/fd")), child_stacks()) == before
+    assert live_children() == [] and {"made", "none", "EAGAIN"} <= set(ended)
+
+
+def child_stacks() -> int:
+    """Mappings that look like linux/_visit.c's child stacks: 4 KiB of guard, then 64 KiB."""
+    spans = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            where, perms = line.split()[:2]
+            start, end = (int(x, 16) for x in where.split("-"))
+            spans.append((start, end, perms))
+    return sum(1 for (s1, e1, p1), (s2, e2, p2) in zip(spans, spans[1:], strict=False)
+               if p1 == "---p" and e1 - s1 == 4096 and e1 == s2 and e2 - s2 == 65536)

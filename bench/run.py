@@ -32,6 +32,8 @@ sys.path.insert(0, str(HERE))  # bench/agent.py
 from agent import GROUP as AGENT_GROUP  # noqa: E402
 from agent import HOST as AGENT_HOST  # noqa: E402
 from agent import START as AGENT_START  # noqa: E402
+from visitor import GROUP as VISIT_GROUP  # noqa: E402
+from visitor import OWN as VISIT_OWN  # noqa: E402
 
 BIN = HERE / "bin"
 MSTACK = shutil.which("mstack", path=os.environ.get("MSTACK_BINDIR", "/usr/local/bin")) or "mstack"
@@ -334,10 +336,20 @@ def containers(rows: list[Row], ns: str, count: int = 50, rounds: int = ROUNDS) 
     agent_rows(add, measure, MSTACK, ns, BIN / "workload.static", rounds, count)
 
 
+def in_cgroups(rows: list[Row], ns: str, rounds: int = ROUNDS) -> None:
+    """The visitor rows (bench/visitor.py)."""
+    from visitor import visitor_rows
+
+    def add(group: str, name: str, lo: float, med: float) -> None:
+        rows.append(Row(group, name, lo, med))
+    visitor_rows(add, ns, rounds)
+
+
 def ratios(rows: list[Row]) -> None:
     baselines = {"getpid": "native", "read /dev/zero": "native", "socket()+close()": "native",
                  "start-up": "ip netns exec NS true", HOME: "ip netns exec NS", UNIX: "native",
-                 AGENT_GROUP: AGENT_HOST, AGENT_START: "default profile"}
+                 AGENT_GROUP: AGENT_HOST, AGENT_START: "default profile",
+                 VISIT_GROUP: VISIT_OWN}
     for row in rows:
         base_name = baselines.get(row.group)
         if row.group.startswith("TCP"):
@@ -530,6 +542,7 @@ def main() -> None:
         tracing(rows)
         scale(rows, stacks)
         containers(rows, stacks[0])
+        in_cgroups(rows, stacks[0])
     ratios(rows)
     text = table(rows)
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} "
@@ -549,6 +562,7 @@ def agent_only(count: int) -> None:
     rows: list[Row] = []
     with namespaces(1) as stacks:
         containers(rows, stacks[0], count, rounds=1)
+        in_cgroups(rows, stacks[0], rounds=1)
     ratios(rows)
     print(table(rows))
 

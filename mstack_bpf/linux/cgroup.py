@@ -136,11 +136,11 @@ def make_inside(directory: int, netns: int | None, family: int, sock_type: int, 
     ``switch`` (None: our credentials), that shares our memory (linux/_visit.c). None: no
     such child here (not x86_64, or no clone3 with CLONE_INTO_CGROUP: Linux 5.7), none
     allowed (EAGAIN: the cgroup is at its pids.max, which a process that moves in may
-    exceed; not testable here, where pids is a v1 controller), or it died without a word: killed, by a ``cgroup.kill`` now or by one ever made there (Linux
-    6.18 kills every child born there with CLONE_INTO_CGROUP once the cgroup was killed,
-    not a process that moves in: its ``kill_seq`` is compared with our cgroup's). Raises the
-    errno of the step that failed; EAGAIN when no answer came within ``timeout`` s (a frozen
-    cgroup)."""
+    exceed; not testable here, where pids is a v1 controller), or it died without a word:
+    killed, by a ``cgroup.kill`` now or by one ever made there (Linux 6.18 kills every child
+    born there with CLONE_INTO_CGROUP once the cgroup was killed, not a process that moves
+    in: its ``kill_seq`` is compared with our cgroup's). Raises the errno of the step that
+    failed; EAGAIN when no answer came within ``timeout`` s (a frozen cgroup)."""
     err, step, *fds = _visit.make(
         directory, -1 if netns is None else netns, family, sock_type, protocol, pair,
         *_packed(switch), int(timeout * 1000))

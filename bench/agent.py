@@ -87,6 +87,10 @@ class Bench:
         return self.run("run", "-d" if detach else "--rm", *flags, IMAGE, *command,
                         cgroup=cgroup)
 
+    def shielded(self) -> bool:
+        """Whether the agent runs with oom_score_adj -1000 (else its children fork)."""
+        return Path(f"/proc/{self.agent.pid}/oom_score_adj").read_text().strip() == "-1000"
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.agent.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -158,8 +162,10 @@ def agent_rows(add: Callable[..., None], measure: Measure, mstack: str, ns: str,
                            inside),
                           ("the same, profile without --wait-killable (no co-location)",
                            plain),
-                          ("the same, the container in a cgroup v2 of its own (a child born "
-                           "there makes each socket)", elsewhere)):
+                          ("the same, the container in a cgroup v2 of its own (" + (
+                              "a child born there sharing the agent's memory" if b.shielded()
+                              else "a forked child: no CAP_SYS_RESOURCE for the OOM shield")
+                           + " makes each socket)", elsewhere)):
             if got:
                 add(GROUP, name, min(r[0] for r in got), statistics.median(r[1] for r in got))
         for name, ns_or_none in (("default profile", None), ("through mstack-agent", ns)):

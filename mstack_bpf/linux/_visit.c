@@ -78,30 +78,46 @@ static long raw(long nr, long a, long b, long c, long d, long e)
 	return ret;
 }
 
-/* The answer: {errno, step} and, on success, the sockets. */
-static void answer(const struct visit *v, int err, int step, const int *fds, int nfds)
-{
-	int msg[2] = { err, step };
-	struct iovec iov = { msg, sizeof msg };
+/* What the child sends: {errno, step} and, on success, the sockets (SCM_RIGHTS). */
+struct message {
+	int msg[2];
+	struct iovec iov;
 	union {
 		struct cmsghdr h;
 		char buf[CMSG_SPACE(2 * sizeof(int))];
 	} ctl;
 	struct msghdr mh;
+};
 
-	memset(&mh, 0, sizeof mh);
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
+static void message_init(struct message *m)
+{
+	memset(m, 0, sizeof *m);
+	m->iov.iov_base = m->msg;
+	m->iov.iov_len = sizeof m->msg;
+	m->mh.msg_iov = &m->iov;
+	m->mh.msg_iovlen = 1;
+	m->mh.msg_control = m->ctl.buf;
+	m->mh.msg_controllen = sizeof m->ctl.buf;
+}
+
+static void answer(const struct visit *v, int err, int step, const int *fds, int nfds)
+{
+	struct message m;
+
+	message_init(&m);
+	m.msg[0] = err;
+	m.msg[1] = step;
 	if (nfds) {
-		memset(&ctl, 0, sizeof ctl);
-		mh.msg_control = ctl.buf;
-		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		ctl.h.cmsg_level = SOL_SOCKET;
-		ctl.h.cmsg_type = SCM_RIGHTS;
-		ctl.h.cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(&ctl.h), fds, nfds * sizeof(int));
+		m.mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+		m.ctl.h.cmsg_level = SOL_SOCKET;
+		m.ctl.h.cmsg_type = SCM_RIGHTS;
+		m.ctl.h.cmsg_len = CMSG_LEN(nfds * sizeof(int));
+		memcpy(CMSG_DATA(&m.ctl.h), fds, nfds * sizeof(int));
+	} else {
+		m.mh.msg_control = NULL;
+		m.mh.msg_controllen = 0;
 	}
-	raw(SYS_sendmsg, v->channel, (long)&mh, MSG_NOSIGNAL, 0, 0);
+	raw(SYS_sendmsg, v->channel, (long)&m.mh, MSG_NOSIGNAL, 0, 0);
 }
 
 static int failed(const struct visit *v, long ret, int step)
@@ -178,13 +194,7 @@ static long clone3_run(struct clone_args *args, int (*fn)(void *), void *arg)
 /* Receive the child's answer on `ours` within timeout_ms; the sockets go to fds. */
 static void receive(int ours, int timeout_ms, int *err, int *step, int *fds)
 {
-	int msg[2];
-	struct iovec iov = { msg, sizeof msg };
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(2 * sizeof(int))];
-	} ctl;
-	struct msghdr mh;
+	struct message m;
 	struct pollfd p = { ours, POLLIN, 0 };
 	struct cmsghdr *c;
 	struct timespec now, end;
@@ -206,24 +216,20 @@ static void receive(int ours, int timeout_ms, int *err, int *step, int *fds)
 		*step = STEP_TIMEOUT;
 		return;
 	}
-	memset(&mh, 0, sizeof mh);
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = ctl.buf;
-	mh.msg_controllen = sizeof ctl.buf;
-	n = recvmsg(ours, &mh, MSG_CMSG_CLOEXEC);
-	for (c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c))
+	message_init(&m);
+	n = recvmsg(ours, &m.mh, MSG_CMSG_CLOEXEC);
+	for (c = n >= 0 ? CMSG_FIRSTHDR(&m.mh) : NULL; c; c = CMSG_NXTHDR(&m.mh, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			len = c->cmsg_len - CMSG_LEN(0);
 			memcpy(fds, CMSG_DATA(c), len < 2 * sizeof(int) ? len : 2 * sizeof(int));
 		}
-	if (n != (ssize_t)sizeof msg || (mh.msg_flags & MSG_CTRUNC)) {
+	if (n != (ssize_t)sizeof m.msg || (m.mh.msg_flags & MSG_CTRUNC)) {
 		*err = n < 0 ? errno : EPROTO;  /* 0: the child died without a word */
 		*step = STEP_ANSWER;
 		return;
 	}
-	*err = msg[0];
-	*step = msg[1];
+	*err = m.msg[0];
+	*step = m.msg[1];
 }
 
 /* This thread's child stack (one child at a time, reaped before we return), with a guard

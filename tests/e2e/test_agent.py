@@ -41,6 +41,7 @@ from tests.conftest import (
     cookie_code,
     cpus_allowed,
     needs_root,
+    new_cgroup,
     run,
     wait_until,
 )
@@ -329,18 +330,8 @@ def test_nothing_inside_changes_the_mapping(
 @pytest.fixture
 def own_cgroup() -> Iterator[str]:
     """A cgroup v2 that podman (and so conmon and the container) is started in."""
-    found = cgroup_mod.v2_mount()
-    if found is None or found[1] != "/":
-        pytest.skip("needs the cgroup v2 hierarchy mounted (its root)")
-    path = f"{found[0]}/mstack-agent-{uuid.uuid4().hex[:8]}"
-    os.mkdir(path)
-    try:
+    with new_cgroup("mstack-agent-") as path:
         yield path
-    finally:
-        if not wait_until(lambda: not Path(f"{path}/cgroup.procs").read_text(), timeout=30):
-            Path(f"{path}/cgroup.kill").write_text("1")  # whatever the test left behind
-            wait_until(lambda: not Path(f"{path}/cgroup.procs").read_text())
-        os.rmdir(path)
 
 
 def test_a_container_in_a_cgroup_of_its_own_gets_sockets_of_its_cgroup(

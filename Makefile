@@ -76,15 +76,17 @@ bench: install
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PREFIX)/bin/pip install -q matplotlib
 	MSTACK_PREFIX=$(PREFIX) MSTACK_BINDIR=$(BINDIR) PATH="$(BINDIR):/usr/sbin:/sbin:$$PATH" $(PY) bench/run.py
 
-# The Debian 12 test VM (vagrant/README.md): not part of `make test`.
+# The Debian 12 test VM (vagrant/README.md): not part of `make test`. FLAVOUR=backports:
+# bookworm-backports' kernel instead of Debian 12's own.
 MSTACK_VM_CACHE ?= /var/cache/mstack-vm
 export MSTACK_VM_CACHE
+FLAVOUR ?= stock
 
 vm-box:
-	vagrant/build-box
+	MSTACK_VM_FLAVOUR=$(FLAVOUR) vagrant/build-box
 
 vm-test:
-	PYTEST_ARGS='$(PYTEST_ARGS)' vagrant/vm-test
+	MSTACK_VM_FLAVOUR=$(FLAVOUR) PYTEST_ARGS='$(PYTEST_ARGS)' vagrant/vm-test
 
 vm-clean:
 	rm -rf $(MSTACK_VM_CACHE)

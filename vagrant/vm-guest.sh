@@ -42,6 +42,10 @@ tar -C "$SRC" --exclude=./.git --exclude=./build --exclude='*.egg-info' --exclud
     --exclude=__pycache__ --exclude='*.so' --exclude='./bpf/*.o' --exclude='./mstack_bpf/bpf/*.o' \
     --exclude=./.vagrant --exclude=./vagrant/.vagrant -cf - . | tar -C "$TREE" -xf - || exit 1
 cd "$TREE"
+if [ -f "$OUT/src.bundle" ]; then  # the host's HEAD: git ls-files as on the host
+    { git init -q && git fetch -q "$OUT/src.bundle" HEAD && git reset -q FETCH_HEAD; } \
+        || { echo "guest: cannot make the tree a git checkout of $OUT/src.bundle"; exit 1; }
+fi
 
 step "network: nothing but the mirror's guestfwd"
 # The guest must reach neither the mirror's own address (only the guestfwd leads there) nor

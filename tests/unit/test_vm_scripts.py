@@ -18,10 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run
+from tests.unit.vagrantfile import Call, Config, read
 
 REPO = Path(__file__).resolve().parents[2]
 VAGRANT = REPO / "vagrant"
 SCRIPTS = [VAGRANT / "build-box", VAGRANT / "vm-test", VAGRANT / "vm-guest.sh"]
+
+
+def only(calls: list[Call]) -> Call:
+    assert len(calls) == 1, calls
+    return calls[0]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -50,13 +56,50 @@ def _qemu_command(text: str) -> str:
 def test_the_vms_only_network_is_restricted_user_networking() -> None:
     text = (VAGRANT / "vm-test").read_text()
     qemu = _qemu_command(text)
-    netdevs = re.findall(r'-netdev "([^"]+)"', qemu)
-    assert netdevs == ["user,id=n0,restrict=on,$GUESTFWD"], qemu
+    assert re.findall(r'-netdev "([^"]+)"', qemu) == ["$NETDEV"], qemu
+    assert re.findall(r'^NETDEV="([^"]+)"', text, re.M) == ["user,id=n0,restrict=on,$GUESTFWD"]
     for word in ("hostfwd", "tap", "bridge", "-nic", "vde", "socket,"):
         assert word not in qemu, word
     fwd = re.findall(r'^GUESTFWD="([^"]+)"', text, re.M)
     assert fwd == ["guestfwd=tcp:$GUESTFWD_ADDR:$GUESTFWD_PORT-cmd:socat STDIO "
                    "TCP:$MIRROR_IP:$MIRROR_PORT"], fwd
+    # vagrant's VM: the same network, plus ssh forwarded from 127.0.0.1 only
+    hostfwds = re.findall(r"hostfwd=[^\s\"]*", text)
+    assert hostfwds == ["hostfwd=tcp:127.0.0.1:$port-:22"], hostfwds
+    assert re.findall(r'MSTACK_VM_NETDEV="([^"]+)"', text) == [
+        "$NETDEV,hostfwd=tcp:127.0.0.1:$port-:22"]
+
+
+def _vagrant_config(**env: str) -> Config:
+    return read((VAGRANT / "vm-test.Vagrantfile").read_text(), env)
+
+
+def test_the_vagrant_front_ends_vagrantfile_is_ruby() -> None:
+    ruby = shutil.which("ruby")
+    if ruby:  # nothing is installed for this
+        cp = run([ruby, "-c", str(VAGRANT / "vm-test.Vagrantfile")])
+        assert cp.returncode == 0 and "Syntax OK" in cp.stdout, cp.stderr
+    _vagrant_config()  # raises, naming the line, on anything outside the reader's subset
+
+
+def test_the_vagrant_vm_has_no_libvirt_network() -> None:
+    """No management network, no vagrant network: the only NIC is vm-test's user network,
+    and ssh goes to the 127.0.0.1 port vm-test forwarded."""
+    netdev = "user,id=n0,restrict=on,guestfwd=X,hostfwd=tcp:127.0.0.1:2222-:22"
+    c = _vagrant_config(MSTACK_VM_NETDEV=netdev, MSTACK_VM_SSH_PORT="2222")
+    assert not c.called("vm.network")
+    assert c.values["ssh.host"] == "127.0.0.1" and c.values["ssh.port"] == 2222
+    lv = only(c.called("vm.provider"))
+    assert lv.args == ["libvirt"] and lv.block is not None
+    assert lv.block.values["mgmt_attach"] is False
+    assert lv.block.values["qemu_use_agent"] is True  # the guest's address without DHCP leases
+    args = [str(call.kwargs["value"]) for call in lv.block.called("qemuargs")]
+    assert args.count("-netdev") == 1 and args[args.index("-netdev") + 1] == netdev, args
+    devices = [args[i + 1] for i, a in enumerate(args) if a == "-device"]
+    assert [d for d in devices if not d.startswith("virtio-9p-pci,")] == [
+        "virtio-net-pci,netdev=n0,bus=pcie.0,addr=0x10"], devices
+    assert not any(w in a for a in args for w in ("tap", "bridge", "-nic", "vde")), args
+    assert only(c.called("vm.synced_folder")).kwargs == {"disabled": True}  # 9p shares instead
 
 
 def test_the_guest_uses_the_guestfwd_as_apt_proxy_and_no_dns() -> None:

@@ -1,12 +1,13 @@
 """A reader for the Ruby subset a plain Vagrantfile is written in, evaluated as Vagrant would
 evaluate it: what it assigns and calls on the configuration, for a given environment.
 
-The subset: comments, double- and single-quoted strings (no ``#{}``), integers, arrays,
-``{ "K" => v }`` hashes, constants, ``name:`` keyword arguments, method calls with or without
-parentheses (arguments go on after a trailing comma), ``do |x| ... end`` blocks, ``x.a.b =
-value``, and the calls ``Vagrant.configure``, ``ENV.fetch`` and ``Integer``. Anything else
-is an error naming the line and the token: a Vagrantfile that leaves the subset must extend
-this reader (or be checked by Ruby itself).
+The subset: comments, double- and single-quoted strings (no ``#{}``), integers, ``true``
+and ``false``, arrays, ``{ "K" => v }`` and ``{ k: v }`` hashes, constants, ``name:`` keyword
+arguments, method calls with or without parentheses (arguments go on after a trailing comma),
+``do |x| ... end`` blocks, ``x.a.b = value``, and the calls ``Vagrant.configure``,
+``ENV.fetch``, ``Integer`` and ``require_relative`` (not followed). Anything else is an error
+naming the line and the token: a Vagrantfile that leaves the subset must extend this reader
+(or be checked by Ruby itself).
 """
 
 from __future__ import annotations
@@ -205,7 +206,13 @@ class _Reader:
                 raise VagrantfileError(f"line {line}: Integer({args[0] if args else ''!r})")
             return int(str(args[0]))
 
-        return {"Vagrant.configure": configure, "ENV.fetch": fetch, "Integer": integer}
+        def require_relative(args: list[object], kw: dict[str, object], block: object,
+                             line: int) -> None:
+            if len(args) != 1 or not isinstance(args[0], str) or kw or block:
+                raise VagrantfileError(f"line {line}: require_relative \"FILE\"")
+
+        return {"Vagrant.configure": configure, "ENV.fetch": fetch, "Integer": integer,
+                "require_relative": require_relative}
 
     # -- expressions --
     def arguments(self) -> tuple[list[object], dict[str, object]]:
@@ -250,6 +257,9 @@ class _Reader:
         if self.at("op", "{"):
             pairs = self.sequence("{", "}", self.pair)
             return dict(pairs)
+        if tok.kind == "name" and tok.text in ("true", "false"):
+            self.pos += 1
+            return tok.text == "true"
         if tok.kind == "name":
             self.pos += 1
             path = [tok.text]
@@ -262,6 +272,8 @@ class _Reader:
         raise VagrantfileError(f"line {tok.line}: unexpected {tok.text!r}")
 
     def pair(self) -> tuple[object, object]:
+        if self.at("label"):  # { path: v }: a symbol key, read as its name
+            return self.take("label").text[:-1], self.expr()
         key = self.expr()
         self.take("op", "=>")
         return key, self.expr()

@@ -364,11 +364,11 @@ def test_a_container_in_a_cgroup_of_its_own_gets_sockets_of_its_cgroup(
         return bool(listening)
     try:
         assert wait_until(listens, timeout=30), agent.text()
-        # own_cgroup itself, or one the runtime made below it (a host with cgroup v2 only)
+        # own_cgroup itself, or one the runtime made (a host with cgroup v2 only: crun and
+        # runc then put it in /libpod_parent/libpod-ID): not the agent's in either case
         containers_cgroup = cgroup_of(containers.podman.pid(name))
         assert agent.proc is not None
         agents_cgroup = cgroup_of(agent.proc.pid)
-        assert os.path.basename(own_cgroup) in cgroup_mod.task_path(containers.podman.pid(name))
     finally:
         containers.remove()  # before its cgroup goes
     where = listening[0]
